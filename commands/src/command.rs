@@ -1,0 +1,70 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{GpuSample, NodeCapabilities, WorkloadSpec};
+
+/// The action a proposal asks to take once approved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProposalAction {
+    CancelWorkload { workload_id: String },
+    DrainNode { node: String },
+}
+
+impl ProposalAction {
+    /// The objects whose change since the basis makes the proposal stale.
+    pub fn touches(&self) -> (&'static str, &str) {
+        match self {
+            ProposalAction::CancelWorkload { workload_id } => ("workload", workload_id),
+            ProposalAction::DrainNode { node } => ("node", node),
+        }
+    }
+}
+
+impl std::fmt::Display for ProposalAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProposalAction::CancelWorkload { workload_id } => write!(f, "cancel workload {workload_id}"),
+            ProposalAction::DrainNode { node } => write!(f, "drain node {node}"),
+        }
+    }
+}
+
+/// What someone asks the cluster to do. Released variants are never reused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    SubmitWorkload { workload_id: String, spec: WorkloadSpec },
+    /// `workload` is an id or the name of an active workload.
+    CancelWorkload { workload: String, reason: String },
+    RequestNodeDrain { node: String, reason: String },
+    StateIntent { text: String },
+    CreateProposal { proposal_id: String, action: ProposalAction, basis_seq: u64, reason: String },
+    ApproveProposal { proposal_id: String, comment: String },
+    RejectProposal { proposal_id: String, reason: String },
+    RegisterNode { node: String, capabilities: NodeCapabilities },
+    Heartbeat { node: String },
+    ObserveGpuMetrics { node: String, samples: Vec<GpuSample> },
+    ReportWorkloadStarted { workload_id: String, node: String },
+    ReportWorkloadExited { workload_id: String, node: String, exit_code: i32 },
+    RecordMemberAdded { member_id: u64, addr: String, voter: bool },
+}
+
+impl Command {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::SubmitWorkload { .. } => "SubmitWorkload",
+            Command::CancelWorkload { .. } => "CancelWorkload",
+            Command::RequestNodeDrain { .. } => "RequestNodeDrain",
+            Command::StateIntent { .. } => "StateIntent",
+            Command::CreateProposal { .. } => "CreateProposal",
+            Command::ApproveProposal { .. } => "ApproveProposal",
+            Command::RejectProposal { .. } => "RejectProposal",
+            Command::RegisterNode { .. } => "RegisterNode",
+            Command::Heartbeat { .. } => "Heartbeat",
+            Command::ObserveGpuMetrics { .. } => "ObserveGpuMetrics",
+            Command::ReportWorkloadStarted { .. } => "ReportWorkloadStarted",
+            Command::ReportWorkloadExited { .. } => "ReportWorkloadExited",
+            Command::RecordMemberAdded { .. } => "RecordMemberAdded",
+        }
+    }
+}

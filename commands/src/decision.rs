@@ -1,0 +1,363 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{validate_name, Command, CommandEnvelope, Event, ProposalAction, ProposalStatus, Rejection, WorkloadStatus};
+
+/// What the rules need to know about a workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadDecision {
+    pub name: String,
+    pub status: WorkloadStatus,
+    pub node: Option<String>,
+    pub cancel_requested: bool,
+    /// Seq of the last event that changed this workload's decision-relevant state.
+    pub changed_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeDecision {
+    pub draining: bool,
+    pub gpus: u32,
+    pub changed_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProposalDecision {
+    pub status: ProposalStatus,
+    pub action: ProposalAction,
+    pub basis_seq: u64,
+}
+
+/// The small state the rules decide on. It is folded from events only, so
+/// every member holds the same one after applying the same log.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DecisionState {
+    /// Seq of the last event folded in (0 before the first).
+    pub last_seq: u64,
+    pub workloads: BTreeMap<String, WorkloadDecision>,
+    /// Name → id for workloads that have not finished.
+    pub active_names: BTreeMap<String, String>,
+    pub nodes: BTreeMap<String, NodeDecision>,
+    pub proposals: BTreeMap<String, ProposalDecision>,
+    pub members: BTreeMap<u64, String>,
+}
+
+impl DecisionState {
+    /// Resolves an id, or the name of an active workload, to an id.
+    pub fn resolve_workload(&self, id_or_name: &str) -> Option<&str> {
+        if let Some((id, _)) = self.workloads.get_key_value(id_or_name) {
+            return Some(id);
+        }
+        self.active_names.get(id_or_name).map(String::as_str)
+    }
+
+    fn changed_seq(&self, kind: &str, id: &str) -> Option<u64> {
+        match kind {
+            "workload" => self.workloads.get(id).map(|w| w.changed_seq),
+            "node" => self.nodes.get(id).map(|n| n.changed_seq),
+            _ => None,
+        }
+    }
+}
+
+fn require_text(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
+    if value.len() > max {
+        return Err(Rejection::invalid(field, format!("is {} bytes, more than {max}", value.len())));
+    }
+    Ok(())
+}
+
+fn require_node<'a>(state: &'a DecisionState, node: &str) -> Result<&'a NodeDecision, Rejection> {
+    state.nodes.get(node).ok_or_else(|| Rejection::not_found("node", node))
+}
+
+fn check_action(state: &DecisionState, action: &ProposalAction) -> Result<(), Rejection> {
+    match action {
+        ProposalAction::CancelWorkload { workload_id } => {
+            let w = state.workloads.get(workload_id).ok_or_else(|| Rejection::not_found("workload", workload_id))?;
+            if w.status.is_terminal() {
+                return Err(Rejection::precondition(format!(
+                    "workload \"{workload_id}\" is already {}",
+                    w.status.as_str()
+                )));
+            }
+            if w.cancel_requested {
+                return Err(Rejection::precondition(format!("workload \"{workload_id}\" is already being cancelled")));
+            }
+        }
+        ProposalAction::DrainNode { node } => {
+            if require_node(state, node)?.draining {
+                return Err(Rejection::precondition(format!("node \"{node}\" is already draining")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn action_events(action: &ProposalAction, reason: &str) -> Event {
+    match action {
+        ProposalAction::CancelWorkload { workload_id } => {
+            Event::WorkloadCancelRequested { workload_id: workload_id.clone(), reason: reason.to_string() }
+        }
+        ProposalAction::DrainNode { node } => Event::NodeDrainRequested { node: node.clone(), reason: reason.to_string() },
+    }
+}
+
+/// Decides what a command means against the current state. Pure and total:
+/// it never panics, reads no clock and does no IO, so every member reaches
+/// the same verdict for the same log.
+pub fn decide(state: &DecisionState, env: &CommandEnvelope) -> Result<Vec<Event>, Rejection> {
+    if env.command_id.is_empty() {
+        return Err(Rejection::invalid("command_id", "must not be empty"));
+    }
+    if env.actor.name.is_empty() {
+        return Err(Rejection::invalid("actor", "must name who issued the command"));
+    }
+    match &env.command {
+        Command::SubmitWorkload { workload_id, spec } => {
+            validate_name("workload_id", workload_id)?;
+            spec.validate()?;
+            if state.workloads.contains_key(workload_id) {
+                return Err(Rejection::AlreadyExists { kind: "workload".into(), id: workload_id.clone() });
+            }
+            if let Some(existing) = state.active_names.get(&spec.name) {
+                return Err(Rejection::precondition(format!(
+                    "a workload named \"{}\" is already active ({existing}); cancel it or choose another name",
+                    spec.name
+                )));
+            }
+            Ok(vec![Event::WorkloadSubmitted { workload_id: workload_id.clone(), spec: spec.clone() }])
+        }
+        Command::CancelWorkload { workload, reason } => {
+            require_text("reason", reason, 4096)?;
+            let id = state.resolve_workload(workload).ok_or_else(|| Rejection::not_found("workload", workload))?;
+            let action = ProposalAction::CancelWorkload { workload_id: id.to_string() };
+            check_action(state, &action)?;
+            Ok(vec![action_events(&action, reason)])
+        }
+        Command::RequestNodeDrain { node, reason } => {
+            require_text("reason", reason, 4096)?;
+            let action = ProposalAction::DrainNode { node: node.clone() };
+            check_action(state, &action)?;
+            Ok(vec![action_events(&action, reason)])
+        }
+        Command::StateIntent { text } => {
+            if text.trim().is_empty() {
+                return Err(Rejection::invalid("text", "must not be empty"));
+            }
+            require_text("text", text, 64 * 1024)?;
+            Ok(vec![Event::IntentStated { text: text.clone() }])
+        }
+        Command::CreateProposal { proposal_id, action, basis_seq, reason } => {
+            validate_name("proposal_id", proposal_id)?;
+            require_text("reason", reason, 16 * 1024)?;
+            if state.proposals.contains_key(proposal_id) {
+                return Err(Rejection::AlreadyExists { kind: "proposal".into(), id: proposal_id.clone() });
+            }
+            if *basis_seq > state.last_seq {
+                return Err(Rejection::invalid(
+                    "basis_seq",
+                    format!("{basis_seq} is ahead of the log (last seq is {})", state.last_seq),
+                ));
+            }
+            check_action(state, action)?;
+            Ok(vec![Event::ProposalCreated {
+                proposal_id: proposal_id.clone(),
+                action: action.clone(),
+                basis_seq: *basis_seq,
+                reason: reason.clone(),
+            }])
+        }
+        Command::ApproveProposal { proposal_id, comment } => {
+            require_text("comment", comment, 16 * 1024)?;
+            let p = open_proposal(state, proposal_id)?;
+            let (kind, id) = p.action.touches();
+            let changed = state.changed_seq(kind, id).unwrap_or(0);
+            if changed > p.basis_seq {
+                return Ok(vec![Event::ProposalSuperseded {
+                    proposal_id: proposal_id.clone(),
+                    reason: format!(
+                        "{kind} \"{id}\" changed at seq {changed}, after the proposal's basis seq {}; create a new proposal against the current state",
+                        p.basis_seq
+                    ),
+                    changed_seq: changed,
+                }]);
+            }
+            if let Err(r) = check_action(state, &p.action) {
+                return Ok(vec![Event::ProposalSuperseded {
+                    proposal_id: proposal_id.clone(),
+                    reason: format!("the action can no longer be taken: {r}"),
+                    changed_seq: state.last_seq,
+                }]);
+            }
+            let reason = format!("approved proposal {proposal_id}");
+            Ok(vec![
+                Event::ProposalApproved { proposal_id: proposal_id.clone(), comment: comment.clone() },
+                action_events(&p.action, &reason),
+            ])
+        }
+        Command::RejectProposal { proposal_id, reason } => {
+            require_text("reason", reason, 16 * 1024)?;
+            open_proposal(state, proposal_id)?;
+            Ok(vec![Event::ProposalRejected { proposal_id: proposal_id.clone(), reason: reason.clone() }])
+        }
+        Command::RegisterNode { node, capabilities } => {
+            validate_name("node", node)?;
+            for (i, g) in capabilities.gpus.iter().enumerate() {
+                if g.uuid.is_empty() {
+                    return Err(Rejection::invalid(&format!("capabilities.gpus[{i}].uuid"), "must not be empty"));
+                }
+            }
+            Ok(vec![Event::NodeRegistered { node: node.clone(), capabilities: capabilities.clone() }])
+        }
+        Command::Heartbeat { node } => {
+            require_node(state, node)?;
+            Ok(vec![Event::NodeHeartbeat { node: node.clone() }])
+        }
+        Command::ObserveGpuMetrics { node, samples } => {
+            require_node(state, node)?;
+            if samples.is_empty() {
+                return Err(Rejection::invalid("samples", "must hold at least one sample"));
+            }
+            for (i, s) in samples.iter().enumerate() {
+                let finite = s.utilization_pct.is_finite() && s.temperature_c.is_finite() && s.power_w.is_finite();
+                if !finite {
+                    return Err(Rejection::invalid(&format!("samples[{i}]"), "readings must be finite numbers"));
+                }
+            }
+            Ok(vec![Event::GpuMetricsObserved { node: node.clone(), samples: samples.clone() }])
+        }
+        Command::ReportWorkloadStarted { workload_id, node } => {
+            require_node(state, node)?;
+            let w = state.workloads.get(workload_id).ok_or_else(|| Rejection::not_found("workload", workload_id))?;
+            if !matches!(w.status, WorkloadStatus::Pending | WorkloadStatus::Placed) {
+                return Err(Rejection::precondition(format!(
+                    "workload \"{workload_id}\" is {}, it cannot start",
+                    w.status.as_str()
+                )));
+            }
+            if let Some(assigned) = &w.node {
+                if assigned != node {
+                    return Err(Rejection::precondition(format!(
+                        "workload \"{workload_id}\" is placed on node \"{assigned}\", not \"{node}\""
+                    )));
+                }
+            }
+            Ok(vec![Event::WorkloadStarted { workload_id: workload_id.clone(), node: node.clone() }])
+        }
+        Command::ReportWorkloadExited { workload_id, node, exit_code } => {
+            let w = state.workloads.get(workload_id).ok_or_else(|| Rejection::not_found("workload", workload_id))?;
+            if w.status != WorkloadStatus::Running || w.node.as_deref() != Some(node.as_str()) {
+                return Err(Rejection::precondition(format!(
+                    "workload \"{workload_id}\" is not running on node \"{node}\" (it is {})",
+                    w.status.as_str()
+                )));
+            }
+            Ok(vec![Event::WorkloadExited { workload_id: workload_id.clone(), node: node.clone(), exit_code: *exit_code }])
+        }
+        Command::RecordMemberAdded { member_id, addr, voter } => {
+            if addr.is_empty() {
+                return Err(Rejection::invalid("addr", "must not be empty"));
+            }
+            Ok(vec![Event::MemberAdded { member_id: *member_id, addr: addr.clone(), voter: *voter }])
+        }
+    }
+}
+
+fn open_proposal<'a>(state: &'a DecisionState, id: &str) -> Result<&'a ProposalDecision, Rejection> {
+    let p = state.proposals.get(id).ok_or_else(|| Rejection::not_found("proposal", id))?;
+    if p.status != ProposalStatus::Open {
+        return Err(Rejection::precondition(format!("proposal \"{id}\" is already {}", p.status.as_str())));
+    }
+    Ok(p)
+}
+
+/// Folds one event (with the seq it was stored under) into the state.
+pub fn evolve(state: &mut DecisionState, seq: u64, event: &Event) {
+    state.last_seq = seq;
+    match event {
+        Event::WorkloadSubmitted { workload_id, spec } => {
+            state.workloads.insert(
+                workload_id.clone(),
+                WorkloadDecision {
+                    name: spec.name.clone(),
+                    status: WorkloadStatus::Pending,
+                    node: None,
+                    cancel_requested: false,
+                    changed_seq: seq,
+                },
+            );
+            state.active_names.insert(spec.name.clone(), workload_id.clone());
+        }
+        Event::WorkloadCancelRequested { workload_id, .. } => {
+            if let Some(w) = state.workloads.get_mut(workload_id) {
+                w.cancel_requested = true;
+                w.changed_seq = seq;
+                // Nothing runs yet for a pending workload, so it ends here.
+                if w.status == WorkloadStatus::Pending {
+                    w.status = WorkloadStatus::Cancelled;
+                    state.active_names.remove(&w.name);
+                }
+            }
+        }
+        Event::WorkloadStarted { workload_id, node } => {
+            if let Some(w) = state.workloads.get_mut(workload_id) {
+                w.status = WorkloadStatus::Running;
+                w.node = Some(node.clone());
+                w.changed_seq = seq;
+            }
+        }
+        Event::WorkloadExited { workload_id, exit_code, .. } => {
+            if let Some(w) = state.workloads.get_mut(workload_id) {
+                w.status = if w.cancel_requested {
+                    WorkloadStatus::Cancelled
+                } else if *exit_code == 0 {
+                    WorkloadStatus::Succeeded
+                } else {
+                    WorkloadStatus::Failed
+                };
+                w.changed_seq = seq;
+                state.active_names.remove(&w.name);
+            }
+        }
+        Event::NodeRegistered { node, capabilities } => {
+            let draining = state.nodes.get(node).map(|n| n.draining).unwrap_or(false);
+            state.nodes.insert(
+                node.clone(),
+                NodeDecision { draining, gpus: capabilities.gpus.len() as u32, changed_seq: seq },
+            );
+        }
+        Event::NodeDrainRequested { node, .. } => {
+            if let Some(n) = state.nodes.get_mut(node) {
+                n.draining = true;
+                n.changed_seq = seq;
+            }
+        }
+        Event::ProposalCreated { proposal_id, action, basis_seq, .. } => {
+            state.proposals.insert(
+                proposal_id.clone(),
+                ProposalDecision { status: ProposalStatus::Open, action: action.clone(), basis_seq: *basis_seq },
+            );
+        }
+        Event::ProposalApproved { proposal_id, .. } => set_proposal(state, proposal_id, ProposalStatus::Approved),
+        Event::ProposalRejected { proposal_id, .. } => set_proposal(state, proposal_id, ProposalStatus::Rejected),
+        Event::ProposalSuperseded { proposal_id, .. } => set_proposal(state, proposal_id, ProposalStatus::Superseded),
+        Event::MemberAdded { member_id, addr, .. } => {
+            state.members.insert(*member_id, addr.clone());
+        }
+        Event::IntentStated { .. }
+        | Event::NodeHeartbeat { .. }
+        | Event::GpuMetricsObserved { .. }
+        | Event::CommandRejected { .. } => {}
+    }
+}
+
+fn set_proposal(state: &mut DecisionState, id: &str, status: ProposalStatus) {
+    if let Some(p) = state.proposals.get_mut(id) {
+        p.status = status;
+    }
+}
+
+#[cfg(test)]
+mod tests;

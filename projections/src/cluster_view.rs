@@ -1,0 +1,263 @@
+use std::collections::BTreeMap;
+
+use claw_commands::{
+    Actor, Event, EventRecord, GpuSample, NodeCapabilities, ProposalAction, ProposalStatus, WorkloadSpec, WorkloadStatus,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberRow {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+    pub added_seq: u64,
+    pub added_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuRow {
+    pub node: String,
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    pub memory_mb: u64,
+    pub last_sample: Option<GpuSample>,
+    pub last_sample_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub name: String,
+    pub capabilities: NodeCapabilities,
+    pub draining: bool,
+    pub drain_reason: Option<String>,
+    pub registered_ms: i64,
+    pub last_heartbeat_ms: i64,
+    pub changed_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadRow {
+    pub id: String,
+    pub spec: WorkloadSpec,
+    pub status: WorkloadStatus,
+    pub submitted_by: String,
+    pub submitted_ms: i64,
+    pub submitted_seq: u64,
+    pub node: Option<String>,
+    pub cancel_requested: bool,
+    pub cancel_reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub changed_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProposalRow {
+    pub id: String,
+    pub action: ProposalAction,
+    pub basis_seq: u64,
+    pub reason: String,
+    pub status: ProposalStatus,
+    pub created_by: String,
+    pub created_ms: i64,
+    pub created_seq: u64,
+    pub decided_by: Option<String>,
+    pub decided_ms: Option<i64>,
+    pub decision_note: Option<String>,
+}
+
+/// The cluster as the log says it is after `last_seq`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub last_seq: u64,
+    pub last_hash: String,
+    pub last_time_ms: i64,
+    pub members: BTreeMap<u64, MemberRow>,
+    pub nodes: BTreeMap<String, NodeRow>,
+    pub workloads: BTreeMap<String, WorkloadRow>,
+    pub proposals: BTreeMap<String, ProposalRow>,
+    /// Count of events per kind, for a quick overview.
+    pub event_counts: BTreeMap<String, u64>,
+}
+
+fn who(a: &Actor) -> String {
+    a.to_string()
+}
+
+impl ClusterView {
+    /// Every GPU of every node, in node then index order.
+    pub fn gpus(&self) -> Vec<GpuRow> {
+        let mut out = Vec::new();
+        for n in self.nodes.values() {
+            for g in &n.capabilities.gpus {
+                out.push(GpuRow {
+                    node: n.name.clone(),
+                    index: g.index,
+                    uuid: g.uuid.clone(),
+                    model: g.model.clone(),
+                    memory_mb: g.memory_mb,
+                    last_sample: None,
+                    last_sample_ms: None,
+                });
+            }
+        }
+        out
+    }
+
+    /// Finds a workload by id, or by the name of its most recent submission.
+    pub fn find_workload(&self, id_or_name: &str) -> Option<&WorkloadRow> {
+        if let Some(w) = self.workloads.get(id_or_name) {
+            return Some(w);
+        }
+        self.workloads.values().filter(|w| w.spec.name == id_or_name).max_by_key(|w| w.submitted_seq)
+    }
+
+    /// Folds one stored event into the view.
+    pub fn apply(&mut self, rec: &EventRecord) {
+        self.last_seq = rec.seq;
+        self.last_hash = rec.hash.clone();
+        self.last_time_ms = rec.time_ms;
+        *self.event_counts.entry(rec.event.kind().to_string()).or_default() += 1;
+        let t = rec.time_ms;
+        let seq = rec.seq;
+        match &rec.event {
+            Event::WorkloadSubmitted { workload_id, spec } => {
+                self.workloads.insert(
+                    workload_id.clone(),
+                    WorkloadRow {
+                        id: workload_id.clone(),
+                        spec: spec.clone(),
+                        status: WorkloadStatus::Pending,
+                        submitted_by: who(&rec.actor),
+                        submitted_ms: t,
+                        submitted_seq: seq,
+                        node: None,
+                        cancel_requested: false,
+                        cancel_reason: None,
+                        exit_code: None,
+                        started_ms: None,
+                        finished_ms: None,
+                        changed_seq: seq,
+                    },
+                );
+            }
+            Event::WorkloadCancelRequested { workload_id, reason } => {
+                if let Some(w) = self.workloads.get_mut(workload_id) {
+                    w.cancel_requested = true;
+                    w.cancel_reason = Some(reason.clone());
+                    w.changed_seq = seq;
+                    if w.status == WorkloadStatus::Pending {
+                        w.status = WorkloadStatus::Cancelled;
+                        w.finished_ms = Some(t);
+                    }
+                }
+            }
+            Event::WorkloadStarted { workload_id, node } => {
+                if let Some(w) = self.workloads.get_mut(workload_id) {
+                    w.status = WorkloadStatus::Running;
+                    w.node = Some(node.clone());
+                    w.started_ms = Some(t);
+                    w.changed_seq = seq;
+                }
+            }
+            Event::WorkloadExited { workload_id, exit_code, .. } => {
+                if let Some(w) = self.workloads.get_mut(workload_id) {
+                    w.exit_code = Some(*exit_code);
+                    w.finished_ms = Some(t);
+                    w.changed_seq = seq;
+                    w.status = if w.cancel_requested {
+                        WorkloadStatus::Cancelled
+                    } else if *exit_code == 0 {
+                        WorkloadStatus::Succeeded
+                    } else {
+                        WorkloadStatus::Failed
+                    };
+                }
+            }
+            Event::NodeRegistered { node, capabilities } => {
+                let prev = self.nodes.get(node);
+                let draining = prev.map(|n| n.draining).unwrap_or(false);
+                let drain_reason = prev.and_then(|n| n.drain_reason.clone());
+                self.nodes.insert(
+                    node.clone(),
+                    NodeRow {
+                        name: node.clone(),
+                        capabilities: capabilities.clone(),
+                        draining,
+                        drain_reason,
+                        registered_ms: t,
+                        last_heartbeat_ms: t,
+                        changed_seq: seq,
+                    },
+                );
+            }
+            Event::NodeHeartbeat { node } => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.last_heartbeat_ms = t;
+                }
+            }
+            Event::GpuMetricsObserved { node, .. } => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.last_heartbeat_ms = t;
+                }
+            }
+            Event::NodeDrainRequested { node, reason } => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.draining = true;
+                    n.drain_reason = Some(reason.clone());
+                    n.changed_seq = seq;
+                }
+            }
+            Event::ProposalCreated { proposal_id, action, basis_seq, reason } => {
+                self.proposals.insert(
+                    proposal_id.clone(),
+                    ProposalRow {
+                        id: proposal_id.clone(),
+                        action: action.clone(),
+                        basis_seq: *basis_seq,
+                        reason: reason.clone(),
+                        status: ProposalStatus::Open,
+                        created_by: who(&rec.actor),
+                        created_ms: t,
+                        created_seq: seq,
+                        decided_by: None,
+                        decided_ms: None,
+                        decision_note: None,
+                    },
+                );
+            }
+            Event::ProposalApproved { proposal_id, comment } => {
+                self.decide_proposal(proposal_id, ProposalStatus::Approved, rec, comment)
+            }
+            Event::ProposalRejected { proposal_id, reason } => {
+                self.decide_proposal(proposal_id, ProposalStatus::Rejected, rec, reason)
+            }
+            Event::ProposalSuperseded { proposal_id, reason, .. } => {
+                self.decide_proposal(proposal_id, ProposalStatus::Superseded, rec, reason)
+            }
+            Event::MemberAdded { member_id, addr, voter } => {
+                let row = self.members.entry(*member_id).or_insert_with(|| MemberRow {
+                    id: *member_id,
+                    addr: addr.clone(),
+                    voter: *voter,
+                    added_seq: seq,
+                    added_by: who(&rec.actor),
+                });
+                row.addr = addr.clone();
+                row.voter = *voter;
+            }
+            Event::IntentStated { .. } | Event::CommandRejected { .. } => {}
+        }
+    }
+
+    fn decide_proposal(&mut self, id: &str, status: ProposalStatus, rec: &EventRecord, note: &str) {
+        if let Some(p) = self.proposals.get_mut(id) {
+            p.status = status;
+            p.decided_by = Some(who(&rec.actor));
+            p.decided_ms = Some(rec.time_ms);
+            p.decision_note = Some(note.to_string());
+        }
+    }
+}

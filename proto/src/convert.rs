@@ -1,0 +1,177 @@
+use claw_commands::{Command, EventRecord, GpuInfo, GpuSample, NodeCapabilities, ProposalAction, WorkloadSpec};
+
+use crate::v1::{self, submit_request};
+use crate::{ConversionError, Result};
+
+fn opt(s: String) -> Option<String> {
+    if s.is_empty() {
+        None
+    } else {
+        Some(s)
+    }
+}
+
+impl From<v1::WorkloadSpec> for WorkloadSpec {
+    fn from(p: v1::WorkloadSpec) -> Self {
+        WorkloadSpec {
+            name: p.name,
+            image: p.image,
+            command: p.command,
+            env: p.env.into_iter().collect(),
+            gpus: p.gpus,
+            gpu_model: opt(p.gpu_model),
+            min_gpu_memory_mb: p.min_gpu_memory_mb,
+            labels: p.labels.into_iter().collect(),
+            priority: p.priority,
+        }
+    }
+}
+
+impl From<WorkloadSpec> for v1::WorkloadSpec {
+    fn from(d: WorkloadSpec) -> Self {
+        v1::WorkloadSpec {
+            name: d.name,
+            image: d.image,
+            command: d.command,
+            env: d.env.into_iter().collect(),
+            gpus: d.gpus,
+            gpu_model: d.gpu_model.unwrap_or_default(),
+            min_gpu_memory_mb: d.min_gpu_memory_mb,
+            labels: d.labels.into_iter().collect(),
+            priority: d.priority,
+        }
+    }
+}
+
+impl TryFrom<v1::ProposalAction> for ProposalAction {
+    type Error = ConversionError;
+    fn try_from(p: v1::ProposalAction) -> Result<Self> {
+        match p.action {
+            Some(v1::proposal_action::Action::CancelWorkload(workload_id)) => Ok(ProposalAction::CancelWorkload { workload_id }),
+            Some(v1::proposal_action::Action::DrainNode(node)) => Ok(ProposalAction::DrainNode { node }),
+            None => Err(ConversionError::Missing("create_proposal.action")),
+        }
+    }
+}
+
+impl From<v1::GpuSample> for GpuSample {
+    fn from(s: v1::GpuSample) -> Self {
+        GpuSample {
+            gpu_uuid: s.gpu_uuid,
+            utilization_pct: s.utilization_pct,
+            memory_used_mb: s.memory_used_mb,
+            temperature_c: s.temperature_c,
+            power_w: s.power_w,
+        }
+    }
+}
+
+/// Turns the `command` of a `SubmitRequest` into a domain command. Ids the
+/// client left empty (workload id, proposal id) stay empty here; the API
+/// layer fills them before proposing. `basis_seq` 0 is likewise resolved
+/// there.
+pub fn command_from_pb(cmd: Option<submit_request::Command>) -> Result<Command> {
+    use submit_request::Command as C;
+    let cmd = cmd.ok_or(ConversionError::Missing("command"))?;
+    Ok(match cmd {
+        C::SubmitWorkload(s) => Command::SubmitWorkload {
+            workload_id: s.workload_id,
+            spec: s.spec.ok_or(ConversionError::Missing("submit_workload.spec"))?.into(),
+        },
+        C::CancelWorkload(c) => {
+            if c.workload.is_empty() {
+                return Err(ConversionError::Missing("cancel_workload.workload"));
+            }
+            Command::CancelWorkload { workload: c.workload, reason: c.reason }
+        }
+        C::RequestNodeDrain(d) => {
+            if d.node.is_empty() {
+                return Err(ConversionError::Missing("request_node_drain.node"));
+            }
+            Command::RequestNodeDrain { node: d.node, reason: d.reason }
+        }
+        C::StateIntent(i) => Command::StateIntent { text: i.text },
+        C::CreateProposal(p) => Command::CreateProposal {
+            proposal_id: p.proposal_id,
+            action: p.action.ok_or(ConversionError::Missing("create_proposal.action"))?.try_into()?,
+            basis_seq: p.basis_seq,
+            reason: p.reason,
+        },
+        C::ApproveProposal(a) => {
+            if a.proposal_id.is_empty() {
+                return Err(ConversionError::Missing("approve_proposal.proposal_id"));
+            }
+            Command::ApproveProposal { proposal_id: a.proposal_id, comment: a.comment }
+        }
+        C::RejectProposal(r) => {
+            if r.proposal_id.is_empty() {
+                return Err(ConversionError::Missing("reject_proposal.proposal_id"));
+            }
+            Command::RejectProposal { proposal_id: r.proposal_id, reason: r.reason }
+        }
+        C::RegisterNode(n) => Command::RegisterNode {
+            node: n.node,
+            capabilities: NodeCapabilities {
+                cpus: n.cpus,
+                memory_mb: n.memory_mb,
+                gpus: n
+                    .gpus
+                    .into_iter()
+                    .map(|g| GpuInfo { index: g.index, uuid: g.uuid, model: g.model, memory_mb: g.memory_mb })
+                    .collect(),
+                driver_version: opt(n.driver_version),
+                cuda_version: opt(n.cuda_version),
+                labels: n.labels.into_iter().collect(),
+            },
+        },
+        C::Heartbeat(h) => Command::Heartbeat { node: h.node },
+        C::ObserveGpuMetrics(m) => Command::ObserveGpuMetrics { node: m.node, samples: m.samples.into_iter().map(Into::into).collect() },
+        C::ReportWorkloadStarted(s) => Command::ReportWorkloadStarted { workload_id: s.workload_id, node: s.node },
+        C::ReportWorkloadExited(e) => {
+            Command::ReportWorkloadExited { workload_id: e.workload_id, node: e.node, exit_code: e.exit_code }
+        }
+    })
+}
+
+/// The wire form of a stored event: a few header fields for generic tools,
+/// and the whole record as JSON so clients can verify the hash chain.
+pub fn event_to_pb(r: &EventRecord) -> v1::Event {
+    v1::Event {
+        seq: r.seq,
+        kind: r.event.kind().to_string(),
+        time_ms: r.time_ms,
+        actor: r.actor.to_string(),
+        record_json: serde_json::to_string(r).unwrap_or_default(),
+    }
+}
+
+pub fn event_from_pb(e: &v1::Event) -> Result<EventRecord> {
+    serde_json::from_str(&e.record_json)
+        .map_err(|err| ConversionError::Invalid { field: "event.record_json", reason: err.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_command_names_the_field() {
+        assert_eq!(command_from_pb(None).unwrap_err().to_string(), "missing field command");
+        let c = submit_request::Command::SubmitWorkload(v1::SubmitWorkload { spec: None, workload_id: String::new() });
+        assert_eq!(command_from_pb(Some(c)).unwrap_err().to_string(), "missing field submit_workload.spec");
+    }
+
+    #[test]
+    fn workload_spec_round_trips() {
+        let spec = WorkloadSpec {
+            name: "train-1".into(),
+            image: "busybox".into(),
+            command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            gpus: 2,
+            gpu_model: Some("H100".into()),
+            ..Default::default()
+        };
+        let back: WorkloadSpec = v1::WorkloadSpec::from(spec.clone()).into();
+        assert_eq!(back, spec);
+    }
+}
