@@ -19,5 +19,5 @@ pub use decision::{decide, evolve, DecisionState, NodeDecision, ProposalDecision
 pub use envelope::{Actor, ActorKind, CommandEnvelope};
 pub use error::{Error, Rejection, Result};
 pub use event::{Event, GpuInfo, GpuSample, NodeCapabilities};
-pub use record::{verify_chain, ChainError, EventRecord, GENESIS_HASH};
+pub use record::{derive_id, verify_chain, ChainError, EventRecord, GENESIS_HASH};
 pub use workload::{validate_name, ProposalStatus, WorkloadSpec, WorkloadStatus};

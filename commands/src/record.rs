@@ -102,3 +102,10 @@ pub fn verify_chain<'a>(prev: &str, records: impl IntoIterator<Item = &'a EventR
     }
     Ok(prev)
 }
+
+/// Derives a short, stable object id from a command id, so a retried command
+/// creates the same object id and the id never depends on a clock.
+pub fn derive_id(prefix: &str, command_id: &str) -> String {
+    let digest = Sha256::digest(command_id.as_bytes());
+    format!("{prefix}-{}", &hex::encode(digest)[..10])
+}

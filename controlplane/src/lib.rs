@@ -1,1 +1,18 @@
-//! placeholder
+//! `clawd`, a Clawbernetes control-plane member: configuration, the
+//! `claw.v1` gRPC API (with forwarding to the leader), and the wiring of the
+//! replicated log from `claw-log` into one gRPC server.
+//!
+//! It holds no domain rules (those are `claw-commands`) and no storage code
+//! (that is `claw-log`). It does not talk to Docker or GPUs.
+
+mod api;
+mod config;
+mod error;
+mod forward;
+mod server;
+
+pub use api::{actor_from_request, ClawApi};
+pub use config::{Flags, LogFormatOptions, Options, RaftOptions};
+pub use error::{Error, Result};
+pub use forward::{ACTOR_KEY, LEADER_KEY};
+pub use server::Server;

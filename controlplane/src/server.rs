@@ -1,0 +1,106 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use claw_commands::{Actor, Command};
+use claw_log::{LogNode, LogOptions};
+use claw_proto::v1::claw_server::ClawServer;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::ClawApi;
+use crate::{Error, Options, Result};
+
+/// A running `clawd` member: the log, and one gRPC server carrying the
+/// client API, the Raft RPC, health and reflection.
+pub struct Server {
+    pub node: LogNode,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    serve: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+}
+
+impl Server {
+    pub async fn start(opts: Options) -> Result<Server> {
+        opts.validate()?;
+        let listener = tokio::net::TcpListener::bind(&opts.listen)
+            .await
+            .map_err(|e| Error::Server(format!("cannot listen on {}: {e}", opts.listen)))?;
+        let addr = listener.local_addr().map_err(|e| Error::Server(e.to_string()))?;
+        // With port 0 the advertised address must carry the port we got.
+        let advertise = match &opts.advertise {
+            Some(a) => a.clone(),
+            None => addr.to_string(),
+        };
+        let log_opts = LogOptions {
+            node_id: opts.id,
+            data_dir: opts.data_dir.clone(),
+            advertise_addr: advertise.clone(),
+            heartbeat_ms: opts.raft.heartbeat_ms,
+            election_timeout_min_ms: opts.raft.election_timeout_min_ms,
+            election_timeout_max_ms: opts.raft.election_timeout_max_ms,
+            snapshot_logs_since_last: opts.raft.snapshot_logs_since_last,
+            max_in_snapshot_log_to_keep: opts.raft.max_in_snapshot_log_to_keep,
+        };
+        let node = LogNode::open(log_opts).await?;
+        let api = Arc::new(ClawApi::new(node.clone(), opts.id));
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<ClawServer<Arc<ClawApi>>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(claw_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Server(format!("reflection: {e}")))?;
+
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(ClawServer::from_arc(api.clone()).max_decoding_message_size(64 << 20))
+            .add_service(node.raft_service())
+            .add_service(health_service)
+            .add_service(reflection);
+        let serve = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        }));
+
+        if !opts.join {
+            node.initialize_single().await?;
+            tokio::spawn(record_first_member(node.clone(), api, opts.id, advertise.clone()));
+        }
+        tracing::info!(id = opts.id, listen = %addr, advertise = %advertise, data_dir = %opts.data_dir.display(), join = opts.join, "clawd started");
+        Ok(Server { node, addr, stop: Some(stop_tx), serve })
+    }
+
+    /// Stops serving and shuts the Raft node down.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.serve).await;
+        self.node.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// The founding member records itself in the event log once it leads, so
+/// the membership history starts at the beginning of the log.
+async fn record_first_member(node: LogNode, api: Arc<ClawApi>, id: u64, addr: String) {
+    let mut metrics = node.raft.metrics();
+    for _ in 0..600 {
+        let leader = metrics.borrow().current_leader;
+        if leader == Some(id) {
+            if node.store.with_view(|v| !v.members.is_empty()) {
+                return;
+            }
+            let cmd = Command::RecordMemberAdded { member_id: id, addr: addr.clone(), voter: true };
+            match api.propose_system(Actor::system(), cmd, format!("member-{id}-founding")).await {
+                Ok(_) => return,
+                Err(e) => tracing::warn!(error = %e, "recording the founding member failed; retrying"),
+            }
+        } else if leader.is_some() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), metrics.changed()).await;
+    }
+}

@@ -1,0 +1,38 @@
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// How one member opens its log. Every field has a default that works for a
+/// single member on one machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogOptions {
+    /// This member's raft node id; unique within the cluster.
+    pub node_id: u64,
+    /// Directory of this member's RocksDB database.
+    pub data_dir: PathBuf,
+    /// `host:port` of this member's gRPC server, stored in `BasicNode.addr`.
+    pub advertise_addr: String,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Raft entries kept below the last snapshot so lagging followers catch up without it.
+    pub max_in_snapshot_log_to_keep: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            node_id: 1,
+            data_dir: PathBuf::from("./data"),
+            advertise_addr: "127.0.0.1:7400".to_string(),
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_logs_since_last: 20_000,
+            max_in_snapshot_log_to_keep: 1_000,
+        }
+    }
+}
