@@ -400,6 +400,8 @@ impl Claw for ClawApi {
             last_seq: self.node.store.last_seq(),
             members,
             last_hash: self.node.store.last_hash(),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
         }))
     }
 

@@ -1,0 +1,137 @@
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
+
+use openraft::storage::LogFlushed;
+use openraft::Entry;
+use rocksdb::WriteBatch;
+use tokio::sync::oneshot;
+
+use crate::db::Db;
+use crate::keys::{u64_key, RaftMetaKey, CF_RAFT_LOG, CF_RAFT_META};
+use crate::log_stats::Counters;
+use crate::{Error, Result, TypeConfig};
+
+/// Entries handed to the writer but not yet written, keyed by index, tagged
+/// with the id of the append that wrote them. Readers overlay these on what
+/// RocksDB holds so that an appended entry is readable as soon as `append`
+/// returns, as openraft requires.
+pub(crate) type Pending = Arc<RwLock<BTreeMap<u64, (u64, Entry<TypeConfig>)>>>;
+
+/// One unit of raft log IO, executed in submission order.
+pub(crate) enum LogOp {
+    Append { op_id: u64, entries: Vec<(u64, Vec<u8>)>, callback: LogFlushed<TypeConfig> },
+    Meta { key: RaftMetaKey, value: Vec<u8>, sync: bool, done: oneshot::Sender<Result<()>> },
+    /// Deletes every entry at or after `from`.
+    Truncate { from: u64, done: oneshot::Sender<Result<()>> },
+    /// Records `last_purged` and deletes every entry up to and including `upto`.
+    Purge { upto: u64, last_purged: Vec<u8>, done: oneshot::Sender<Result<()>> },
+}
+
+/// The "raft-log-writer" thread: it owns all raft log writes, and turns every
+/// request queued while the previous write was syncing into one synced
+/// RocksDB write (group commit).
+pub(crate) struct LogWriter {
+    tx: Option<mpsc::Sender<LogOp>>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    pub(crate) fn start(db: Arc<Db>, pending: Pending, counters: Arc<Counters>) -> Result<LogWriter> {
+        let (tx, rx) = mpsc::channel::<LogOp>();
+        let join = std::thread::Builder::new()
+            .name("raft-log-writer".to_string())
+            .spawn(move || run(&db, &pending, &counters, rx))
+            .map_err(|e| Error::Storage(format!("cannot start the raft-log-writer thread: {e}")))?;
+        Ok(LogWriter { tx: Some(tx), join: Some(join) })
+    }
+
+    pub(crate) fn submit(&self, op: LogOp) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or_else(|| Error::Storage("the raft log writer is stopped".into()))?;
+        tx.send(op).map_err(|_| Error::Storage("the raft-log-writer thread has stopped".into()))
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // Closing the channel lets the thread finish what is queued and exit;
+        // joining it releases its handle on the database before we return.
+        self.tx.take();
+        if let Some(join) = self.join.take() {
+            if join.join().is_err() {
+                tracing::error!("the raft-log-writer thread panicked");
+            }
+        }
+    }
+}
+
+fn run(db: &Db, pending: &Pending, counters: &Counters, rx: mpsc::Receiver<LogOp>) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        ops.extend(rx.try_iter());
+        let result = write_ops(db, &ops, counters);
+        if result.is_ok() {
+            let mut p = pending.write().unwrap_or_else(PoisonError::into_inner);
+            for op in &ops {
+                if let LogOp::Append { op_id, entries, .. } = op {
+                    for (index, _) in entries {
+                        if p.get(index).is_some_and(|(id, _)| id == op_id) {
+                            p.remove(index);
+                        }
+                    }
+                }
+            }
+        }
+        for op in ops {
+            let r = result.as_ref().map(|_| ()).map_err(|e| Error::Storage(e.to_string()));
+            match op {
+                LogOp::Append { callback, .. } => callback.log_io_completed(r.map_err(std::io::Error::other)),
+                LogOp::Meta { done, .. } | LogOp::Truncate { done, .. } | LogOp::Purge { done, .. } => {
+                    // The requester may have given up waiting; nothing to do then.
+                    let _ = done.send(r);
+                }
+            }
+        }
+    }
+}
+
+fn write_ops(db: &Db, ops: &[LogOp], counters: &Counters) -> Result<()> {
+    let log = db.cf(CF_RAFT_LOG)?;
+    let meta = db.cf(CF_RAFT_META)?;
+    let mut batch = WriteBatch::default();
+    let mut sync = false;
+    let mut entries = 0u64;
+    for op in ops {
+        match op {
+            LogOp::Append { entries: es, .. } => {
+                for (index, bytes) in es {
+                    batch.put_cf(&log, u64_key(*index), bytes);
+                }
+                entries += es.len() as u64;
+                sync = true;
+            }
+            LogOp::Meta { key, value, sync: s, .. } => {
+                batch.put_cf(&meta, key.encode(), value);
+                sync |= *s;
+            }
+            LogOp::Truncate { from, .. } => {
+                batch.delete_range_cf(&log, u64_key(*from), u64_key(u64::MAX));
+                batch.delete_cf(&log, u64_key(u64::MAX));
+                sync = true;
+            }
+            LogOp::Purge { upto, last_purged, .. } => {
+                batch.put_cf(&meta, RaftMetaKey::LastPurged.encode(), last_purged);
+                batch.delete_range_cf(&log, u64_key(0), u64_key(upto.saturating_add(1)));
+                sync = true;
+            }
+        }
+    }
+    db.write(batch, sync)?;
+    if sync {
+        counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        counters.entries_synced.fetch_add(entries, Ordering::Relaxed);
+    }
+    Ok(())
+}
