@@ -1,0 +1,24 @@
+use claw_commands::{DecisionState, GENESIS_HASH};
+use claw_projections::ClusterView;
+use serde::{Deserialize, Serialize};
+
+/// The in-memory state after event `last_seq`, stored so that a restart (or
+/// a past-state query) replays only the events after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Checkpoint {
+    pub(crate) last_seq: u64,
+    pub(crate) last_hash: String,
+    pub(crate) decision: DecisionState,
+    pub(crate) view: ClusterView,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Checkpoint {
+            last_seq: 0,
+            last_hash: GENESIS_HASH.to_string(),
+            decision: DecisionState::default(),
+            view: ClusterView::default(),
+        }
+    }
+}
