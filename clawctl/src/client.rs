@@ -14,9 +14,14 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::events::summary;
+
 /// The gRPC metadata key that names who is acting. `clawd` records it as
 /// the actor of every command (as a user) and may use it for access checks.
 pub const ACTOR_METADATA_KEY: &str = "claw-actor";
+
+/// Set by clawd on `Unavailable` answers: the leader's address, when known.
+pub const LEADER_METADATA_KEY: &str = "claw-leader";
 
 /// How often a submit is retried after `Unavailable` (a leader change, a
 /// member restarting). Retrying is safe because every attempt carries the
@@ -32,12 +37,15 @@ pub struct ActorInterceptor {
 
 impl ActorInterceptor {
     pub fn new(actor: &str) -> Result<Self> {
-        if actor.is_empty() {
-            bail!("--as must not be empty");
+        // The same rule clawd applies; checking here names the flag. HTTP
+        // header values would let non-ASCII bytes through, so check first.
+        if actor.is_empty() || actor.len() > 128 || !actor.chars().all(|c| c.is_ascii_graphic()) {
+            bail!(
+                "--as {actor:?}: the actor must be 1 to 128 printable ASCII characters without spaces \
+                 (it travels as the gRPC header {ACTOR_METADATA_KEY})"
+            );
         }
-        let actor = MetadataValue::try_from(actor).map_err(|_| {
-            anyhow!("--as {actor:?} must be printable ASCII (it travels as the gRPC header {ACTOR_METADATA_KEY})")
-        })?;
+        let actor = MetadataValue::try_from(actor).map_err(|e| anyhow!("--as {actor:?}: {e}"))?;
         Ok(ActorInterceptor { actor })
     }
 }
@@ -125,8 +133,27 @@ pub struct SubmitOutcome {
 }
 
 impl SubmitOutcome {
-    pub fn first_seq(&self) -> Option<u64> {
-        self.seqs.first().copied()
+    /// Said after the result when the server answered from its idempotency
+    /// record rather than applying the command now.
+    pub fn duplicate_note(&self) -> &'static str {
+        if self.duplicate {
+            " [already applied: this command id was submitted before]"
+        } else {
+            ""
+        }
+    }
+
+    /// `seq 12 WorkloadCancelRequested w-1 reason="…"`, one line per event.
+    pub fn events_lines(&self) -> String {
+        if self.events.is_empty() {
+            return format!("no events{}", self.duplicate_note());
+        }
+        let mut lines: Vec<String> =
+            self.events.iter().map(|r| format!("seq {} {} {}", r.seq, r.event.kind(), summary(&r.event))).collect();
+        if self.duplicate {
+            lines.push(self.duplicate_note().trim().to_string());
+        }
+        lines.join("\n")
     }
 
     /// `seq 12`, or `seqs 12, 13` when the command produced several events.
@@ -191,7 +218,8 @@ impl Client {
 
     /// One projection row, deserialised from the JSON the server sends.
     pub async fn get_object<T: serde::de::DeserializeOwned>(&self, kind: &str, id: &str) -> Result<T, GetError> {
-        let request = v1::GetObjectRequest { kind: kind.to_string(), id: id.to_string(), consistency: self.consistency };
+        let request =
+            v1::GetObjectRequest { kind: kind.to_string(), id: id.to_string(), consistency: self.consistency };
         match self.grpc.clone().get_object(request).await {
             Ok(response) => serde_json::from_str(&response.into_inner().json)
                 .map_err(|e| GetError::Other(anyhow!("clawd sent a {kind} this clawctl cannot read: {e}"))),
@@ -240,14 +268,29 @@ pub fn decode_events(events: &[v1::Event]) -> Result<Vec<EventRecord>> {
 
 pub fn decode_submit(response: v1::SubmitResponse) -> Result<SubmitOutcome> {
     let events = decode_events(&response.events)?;
+    // The creating event is authoritative for the new object's id, should
+    // the server leave `object_id` empty.
+    let object_id = if response.object_id.is_empty() {
+        events.iter().find_map(|r| created_object(&r.event)).unwrap_or_default()
+    } else {
+        response.object_id
+    };
     Ok(SubmitOutcome {
         command_id: response.command_id,
-        object_id: response.object_id,
+        object_id,
         duplicate: response.duplicate,
         raft_index: response.raft_index,
         seqs: events.iter().map(|e| e.seq).collect(),
         events,
     })
+}
+
+fn created_object(event: &Event) -> Option<String> {
+    match event {
+        Event::WorkloadSubmitted { workload_id, .. } => Some(workload_id.clone()),
+        Event::ProposalCreated { proposal_id, .. } => Some(proposal_id.clone()),
+        _ => None,
+    }
 }
 
 /// The proto says rejections come back as error statuses, but a duplicate
@@ -295,8 +338,14 @@ pub fn describe_error(err: &anyhow::Error) -> String {
 pub fn describe_status(status: &Status) -> String {
     let message = status.message();
     let code = status.code();
-    if code == Code::Unavailable && is_connection_failure(message) {
-        return format!("{message} (code: Unavailable; is clawd running? see --server)");
+    if code == Code::Unavailable {
+        // clawd names the leader when it cannot forward to it itself.
+        if let Some(leader) = status.metadata().get(LEADER_METADATA_KEY).and_then(|v| v.to_str().ok()) {
+            return format!("{message} (code: Unavailable; the leader is at {leader}, try --server {leader})");
+        }
+        if is_connection_failure(message) {
+            return format!("{message} (code: Unavailable; is clawd running? see --server)");
+        }
     }
     if message.is_empty() {
         format!("{} (code: {code:?})", code.description())
@@ -313,6 +362,7 @@ fn is_connection_failure(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::FakeClaw;
 
     #[test]
     fn interceptor_sets_the_actor_header() {
@@ -324,8 +374,11 @@ mod tests {
     #[test]
     fn actor_must_be_ascii_and_non_empty() {
         assert!(ActorInterceptor::new("").is_err());
-        let err = ActorInterceptor::new("zoë\n").err().unwrap().to_string();
-        assert!(err.contains("--as"), "{err}");
+        for bad in ["zoë", "a b", "a\n"] {
+            let err = ActorInterceptor::new(bad).err().unwrap().to_string();
+            assert!(err.contains("--as"), "{err}");
+        }
+        assert!(ActorInterceptor::new("scheduler:binpack").is_ok());
     }
 
     #[test]
@@ -348,6 +401,9 @@ mod tests {
         assert_eq!(describe_status(&s), "workload \"w-7\" not found (code: NotFound)");
         let s = Status::failed_precondition("");
         assert!(describe_status(&s).ends_with("(code: FailedPrecondition)"));
+        let mut s = Status::unavailable("not the leader");
+        s.metadata_mut().insert(LEADER_METADATA_KEY, MetadataValue::from_static("10.0.0.2:7400"));
+        assert!(describe_status(&s).ends_with("try --server 10.0.0.2:7400)"), "{}", describe_status(&s));
         let err: anyhow::Error = Status::invalid_argument("invalid spec.name").into();
         assert_eq!(describe_error(&err), "invalid spec.name (code: InvalidArgument)");
     }
@@ -358,5 +414,88 @@ mod tests {
         assert_eq!(target.endpoint().unwrap().uri().to_string(), "http://127.0.0.1:7400/");
         let target = Target { server: "https://claw.example:7400".into(), ..target };
         assert_eq!(target.endpoint().unwrap().uri().to_string(), "https://claw.example:7400/");
+    }
+
+    fn intent() -> submit_request::Command {
+        submit_request::Command::StateIntent(v1::StateIntent { text: "hi".into() })
+    }
+
+    #[tokio::test]
+    async fn every_request_carries_the_actor() {
+        let client = FakeClaw::default().serve().await.connect().await.unwrap();
+        // The fake echoes the header it saw as the status's `state`.
+        assert_eq!(client.cluster_status().await.unwrap().state, "alice");
+    }
+
+    #[tokio::test]
+    async fn unavailable_submits_retry_with_the_same_command_id() {
+        let fake = FakeClaw::default();
+        fake.state().unavailable_submits = 2;
+        let client = fake.clone().serve().await.connect().await.unwrap();
+        let outcome = client.submit(Some("cmd-1".into()), intent()).await.unwrap();
+        assert_eq!(outcome.seqs, vec![1]);
+        let submits = fake.state().submits.clone();
+        assert_eq!(submits, vec![("alice".to_string(), "cmd-1".to_string()); 3]);
+    }
+
+    #[tokio::test]
+    async fn submits_give_up_after_three_retries() {
+        let fake = FakeClaw::default();
+        fake.state().unavailable_submits = 10;
+        let client = fake.clone().serve().await.connect().await.unwrap();
+        let err = client.submit(None, intent()).await.unwrap_err();
+        assert_eq!(err.downcast_ref::<Status>().map(Status::code), Some(Code::Unavailable));
+        let submits = fake.state().submits.clone();
+        assert_eq!(submits.len(), 4);
+        assert!(submits.iter().all(|s| s == &submits[0]), "{submits:?}");
+    }
+
+    #[test]
+    fn submit_outcomes_name_the_created_object() {
+        let record = claw_commands::EventRecord::seal(
+            7,
+            7,
+            0,
+            claw_commands::Actor::user("alice"),
+            "c".into(),
+            "c".into(),
+            Event::WorkloadSubmitted { workload_id: "w-9".into(), spec: Default::default() },
+            claw_commands::GENESIS_HASH.into(),
+        );
+        let response = v1::SubmitResponse {
+            command_id: "c".into(),
+            events: vec![claw_proto::event_to_pb(&record)],
+            raft_index: 7,
+            ..Default::default()
+        };
+        let outcome = decode_submit(response).unwrap();
+        assert_eq!((outcome.object_id.as_str(), outcome.seq_text()), ("w-9", "seq 7".to_string()));
+        let json = crate::output::render_value(crate::output::Format::Json, &outcome).unwrap();
+        assert!(json.contains("\"seqs\": [\n    7\n  ]") && json.contains("\"kind\": \"WorkloadSubmitted\""), "{json}");
+    }
+
+    #[test]
+    fn recorded_rejections_fail_the_command() {
+        let record = claw_commands::EventRecord::seal(
+            3,
+            3,
+            0,
+            claw_commands::Actor::user("alice"),
+            "c".into(),
+            "c".into(),
+            Event::CommandRejected {
+                command_kind: "SubmitWorkload".into(),
+                rejection: claw_commands::Rejection::invalid("spec.name", "must not be empty"),
+            },
+            claw_commands::GENESIS_HASH.into(),
+        );
+        let outcome = decode_submit(v1::SubmitResponse {
+            events: vec![claw_proto::event_to_pb(&record)],
+            duplicate: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let err = check_rejected(&outcome).unwrap_err().to_string();
+        assert!(err.contains("spec.name") && err.contains("seq 3"), "{err}");
     }
 }

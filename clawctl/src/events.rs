@@ -1,9 +1,9 @@
 //! `clawctl events`: list, follow and verify the event log.
 
 use anyhow::{anyhow, bail, Result};
+use clap::{Args, Subcommand};
 use claw_commands::{verify_chain, Event, EventRecord, GENESIS_HASH};
 use claw_proto::v1;
-use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use crate::client::{decode_events, Client};
@@ -161,21 +161,29 @@ pub async fn run(client: &Client, format: Format, args: EventsArgs) -> Result<()
 }
 
 async fn list(client: &Client, format: Format, args: &ListArgs) -> Result<()> {
-    args.validate()?;
     let mut printer = Printer::new(format);
+    // Events are printed page by page so a long history streams out
+    // instead of being held in memory.
+    for_each_page(client, args, |records| records.iter().try_for_each(|r| printer.print(r))).await?;
+    printer.finish()
+}
+
+/// Pages through ListEvents as `args` asks, handing each page over.
+pub async fn for_each_page(
+    client: &Client,
+    args: &ListArgs,
+    mut page: impl FnMut(&[EventRecord]) -> Result<()>,
+) -> Result<()> {
+    args.validate()?;
     let mut pager = Pager::new(args);
     while let Some(request) = pager.request(args.filter(), client.consistency()) {
         let response = client.grpc.clone().list_events(request).await?.into_inner();
         let records = decode_events(&response.events)?;
         let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
         let shown = pager.advance(&seqs, response.last_seq);
-        // Events are printed page by page so a long history streams out
-        // instead of being held in memory.
-        for record in &records[..shown] {
-            printer.print(record)?;
-        }
+        page(&records[..shown])?;
     }
-    printer.finish()
+    Ok(())
 }
 
 async fn follow(client: &Client, format: Format, args: &ListArgs) -> Result<()> {
@@ -184,10 +192,14 @@ async fn follow(client: &Client, format: Format, args: &ListArgs) -> Result<()> 
     let mut pager = Pager::new(args);
     let request = v1::WatchRequest { from_seq: args.from, filter: args.filter() };
     let mut stream = client.grpc.clone().watch(request).await?.into_inner();
+    // One listener for the whole loop: a fresh one per event would miss a
+    // Ctrl-C that arrives while an event is being printed.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         let message = tokio::select! {
             message = stream.message() => message?,
-            _ = tokio::signal::ctrl_c() => return printer.finish(),
+            _ = &mut ctrl_c => return printer.finish(),
         };
         let Some(message) = message else {
             bail!("clawd closed the watch stream (resume with --from {})", pager.next);
@@ -290,7 +302,12 @@ pub fn summary(event: &Event) -> String {
             with_reason(format!("{proposal_id} changed_seq={changed_seq}"), "reason", reason)
         }
         Event::NodeRegistered { node, capabilities } => {
-            format!("{node} cpus={} mem={}MB gpus={}", capabilities.cpus, capabilities.memory_mb, gpu_text(capabilities))
+            format!(
+                "{node} cpus={} mem={}MB gpus={}",
+                capabilities.cpus,
+                capabilities.memory_mb,
+                gpu_text(capabilities)
+            )
         }
         Event::NodeHeartbeat { node } => node.clone(),
         Event::GpuMetricsObserved { node, samples } => {
@@ -370,6 +387,15 @@ impl ChainCheck {
 }
 
 async fn verify(client: &Client, format: Format) -> Result<()> {
+    let check = verify_all(client).await?;
+    match format {
+        Format::Table => emit(&format!("hash chain OK: {} events, head {}", check.count, check.head)),
+        other => emit(&output::render_value(other, &Verified { ok: true, events: check.count, head: check.head })?),
+    }
+}
+
+/// Reads the whole log from seq 1 and checks it; Ok means the chain holds.
+pub async fn verify_all(client: &Client) -> Result<ChainCheck> {
     let mut check = ChainCheck::default();
     loop {
         let request = v1::ListEventsRequest {
@@ -389,27 +415,21 @@ async fn verify(client: &Client, format: Format) -> Result<()> {
             }
         }
         check.page(&records)?;
-        if records.is_empty() || check.next_seq > response.last_seq {
-            if check.next_seq <= response.last_seq {
-                bail!("clawd stopped returning events at seq {} of {}", check.next_seq, response.last_seq);
-            }
-            break;
+        if check.next_seq > response.last_seq {
+            return Ok(check);
         }
-    }
-    match format {
-        Format::Table => emit(&format!("hash chain OK: {} events, head {}", check.count, check.head)),
-        other => emit(&output::render_value(
-            other,
-            &Verified { ok: true, events: check.count, head: check.head },
-        )?),
+        if records.is_empty() {
+            bail!("clawd stopped returning events at seq {} of {}", check.next_seq, response.last_seq);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use claw_commands::{Actor, WorkloadSpec};
+    use crate::testing::{chain, FakeClaw};
     use clap::Parser;
+    use claw_commands::WorkloadSpec;
 
     #[derive(Parser)]
     struct Cli {
@@ -421,29 +441,20 @@ mod tests {
         Cli::try_parse_from(std::iter::once("events").chain(argv.iter().copied())).unwrap().list
     }
 
-    fn chain(n: u64) -> Vec<EventRecord> {
-        let mut prev = GENESIS_HASH.to_string();
-        (1..=n)
-            .map(|seq| {
-                let r = EventRecord::seal(
-                    seq,
-                    seq,
-                    1_700_000_000_000 + seq as i64,
-                    Actor::user("alice"),
-                    format!("c-{seq}"),
-                    format!("c-{seq}"),
-                    Event::IntentStated { text: format!("intent {seq}") },
-                    prev.clone(),
-                );
-                prev = r.hash.clone();
-                r
-            })
-            .collect()
-    }
-
     #[test]
     fn filters_and_ranges_become_the_request() {
-        let a = args(&["--from", "5", "--to", "9", "--kind", "WorkloadSubmitted", "--kind", "NodeHeartbeat", "--node", "n1"]);
+        let a = args(&[
+            "--from",
+            "5",
+            "--to",
+            "9",
+            "--kind",
+            "WorkloadSubmitted",
+            "--kind",
+            "NodeHeartbeat",
+            "--node",
+            "n1",
+        ]);
         let request = Pager::new(&a).request(a.filter(), 1).unwrap();
         assert_eq!(request.from_seq, 5);
         assert_eq!(request.to_seq, 9);
@@ -531,7 +542,10 @@ mod tests {
     fn event_lines_render_in_each_format() {
         let record = &chain(1)[0];
         let line = Printer::new(Format::Table).render(record).unwrap();
-        assert_eq!(line, "1        2023-11-14T22:13:20.001Z  user:alice          IntentStated             \"intent 1\"");
+        assert_eq!(
+            line,
+            "1        2023-11-14T22:13:20.001Z  user:alice          IntentStated             \"intent 1\""
+        );
         let json = Printer::new(Format::Json).render(record).unwrap();
         assert!(!json.contains('\n'));
         let back: EventRecord = serde_json::from_str(&json).unwrap();
@@ -567,5 +581,46 @@ mod tests {
 
         let err = ChainCheck::default().page(&records[1..]).unwrap_err().to_string();
         assert!(err.contains("retention"), "{err}");
+    }
+
+    async fn fake_with(n: u64) -> (FakeClaw, Client) {
+        let fake = FakeClaw::default();
+        fake.state().events = chain(n);
+        let client = fake.clone().serve().await.connect().await.unwrap();
+        (fake, client)
+    }
+
+    async fn listed(client: &Client, argv: &[&str]) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        for_each_page(client, &args(argv), |page| {
+            seqs.extend(page.iter().map(|r| r.seq));
+            Ok(())
+        })
+        .await
+        .unwrap();
+        seqs
+    }
+
+    #[tokio::test]
+    async fn listing_pages_through_the_log() {
+        let (_fake, client) = fake_with(2500).await;
+        assert_eq!(listed(&client, &[]).await, (1..=2500).collect::<Vec<_>>());
+        assert_eq!(listed(&client, &["--from", "5", "--limit", "1500"]).await, (5..=1504).collect::<Vec<_>>());
+        assert_eq!(listed(&client, &["--from", "2000", "--to", "2100"]).await, (2000..=2100).collect::<Vec<_>>());
+        assert!(listed(&client, &["--from", "3000"]).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn verify_reads_the_whole_chain() {
+        let (fake, client) = fake_with(2500).await;
+        let check = verify_all(&client).await.unwrap();
+        assert_eq!((check.count, check.head.as_str()), (2500, fake.state().events[2499].hash.as_str()));
+
+        fake.state().events[1700].event = Event::IntentStated { text: "forged".into() };
+        let err = verify_all(&client).await.unwrap_err().to_string();
+        assert!(err.contains("seq 1701"), "{err}");
+
+        let (_fake, empty) = fake_with(0).await;
+        assert_eq!(verify_all(&empty).await.unwrap().count, 0);
     }
 }

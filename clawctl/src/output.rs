@@ -7,6 +7,8 @@ use anyhow::Result;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
+use crate::client::SubmitOutcome;
+
 /// The `-o/--output` choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {
@@ -49,6 +51,15 @@ pub fn render_stream_item<T: Serialize + ?Sized>(format: Format, value: &T) -> R
         Format::Json | Format::Table => serde_json::to_string(value)?,
         Format::Yaml => format!("---\n{}", serde_yaml::to_string(value)?),
     })
+}
+
+/// Table output is one line chosen by the command; json/yaml print the
+/// whole outcome with its decoded events.
+pub fn print_outcome(format: Format, outcome: &SubmitOutcome, line: impl Fn(&SubmitOutcome) -> String) -> Result<()> {
+    match format {
+        Format::Table => emit(&line(outcome)),
+        other => emit(&render_value(other, outcome)?),
+    }
 }
 
 /// Columns sized to their widest cell, separated by two spaces.
@@ -173,8 +184,7 @@ pub fn shell_join(args: &[String]) -> String {
 }
 
 fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+    let plain = !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
     if plain {
         arg.to_string()
     } else {

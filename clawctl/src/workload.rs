@@ -1,15 +1,12 @@
 //! `clawctl workload submit|list|get|cancel`.
 
-use std::collections::BTreeMap;
-
 use anyhow::{anyhow, Result};
+use clap::{Args, Subcommand};
 use claw_projections::WorkloadRow;
 use claw_proto::v1::{self, submit_request::Command};
-use clap::{Args, Subcommand};
 
 use crate::client::{Client, GetError, SubmitOutcome};
-use crate::events::summary;
-use crate::output::{self, emit, key_values, or_dash, time_ms, Format, Table};
+use crate::output::{self, emit, key_values, or_dash, print_outcome, time_ms, Format, Table};
 
 #[derive(Debug, Subcommand)]
 pub enum WorkloadCommand {
@@ -92,7 +89,10 @@ impl SubmitArgs {
             labels: self.labels.iter().cloned().collect(),
             priority: self.priority,
         };
-        Command::SubmitWorkload(v1::SubmitWorkload { spec: Some(spec), workload_id: self.id.clone().unwrap_or_default() })
+        Command::SubmitWorkload(v1::SubmitWorkload {
+            spec: Some(spec),
+            workload_id: self.id.clone().unwrap_or_default(),
+        })
     }
 }
 
@@ -101,8 +101,7 @@ pub async fn run(client: &Client, format: Format, command: WorkloadCommand) -> R
         WorkloadCommand::Submit(args) => {
             let outcome = client.submit(args.command_id.clone(), args.to_command()).await?;
             print_outcome(format, &outcome, |o| {
-                let id = submitted_id(o).unwrap_or_else(|| o.object_id.clone());
-                format!("workload {id} submitted ({}){}", o.seq_text(), duplicate_note(o))
+                format!("workload {} submitted ({}){}", o.object_id, o.seq_text(), o.duplicate_note())
             })
         }
         WorkloadCommand::List => {
@@ -123,51 +122,9 @@ pub async fn run(client: &Client, format: Format, command: WorkloadCommand) -> R
         WorkloadCommand::Cancel { workload, reason } => {
             let command = Command::CancelWorkload(v1::CancelWorkload { workload, reason });
             let outcome = client.submit(None, command).await?;
-            print_outcome(format, &outcome, events_lines)
+            print_outcome(format, &outcome, SubmitOutcome::events_lines)
         }
     }
-}
-
-/// The workload id from the `WorkloadSubmitted` event, which is
-/// authoritative even if the server leaves `object_id` empty.
-fn submitted_id(outcome: &SubmitOutcome) -> Option<String> {
-    outcome.events.iter().find_map(|r| match &r.event {
-        claw_commands::Event::WorkloadSubmitted { workload_id, .. } => Some(workload_id.clone()),
-        _ => None,
-    })
-}
-
-pub fn duplicate_note(outcome: &SubmitOutcome) -> &'static str {
-    if outcome.duplicate {
-        " [already applied: this command id was submitted before]"
-    } else {
-        ""
-    }
-}
-
-/// Table output is one line chosen by the command; json/yaml print the
-/// whole outcome with its decoded events.
-pub fn print_outcome(format: Format, outcome: &SubmitOutcome, line: impl Fn(&SubmitOutcome) -> String) -> Result<()> {
-    match format {
-        Format::Table => emit(&line(outcome)),
-        other => emit(&output::render_value(other, outcome)?),
-    }
-}
-
-/// `seq 12 WorkloadCancelRequested w-1 reason="…"`, one line per event.
-pub fn events_lines(outcome: &SubmitOutcome) -> String {
-    if outcome.events.is_empty() {
-        return format!("no events{}", duplicate_note(outcome));
-    }
-    let mut lines: Vec<String> = outcome
-        .events
-        .iter()
-        .map(|r| format!("seq {} {} {}", r.seq, r.event.kind(), summary(&r.event)))
-        .collect();
-    if outcome.duplicate {
-        lines.push(duplicate_note(outcome).trim().to_string());
-    }
-    lines.join("\n")
 }
 
 /// By id first; the server may resolve names too, but if it does not, the
@@ -233,10 +190,13 @@ pub fn detail(w: &WorkloadRow) -> String {
         ("command", if spec.command.is_empty() { "-".into() } else { output::shell_join(&spec.command) }),
         ("gpus", spec.gpus.to_string()),
         ("gpu model", or_dash(spec.gpu_model.as_deref())),
-        ("min gpu memory", if spec.min_gpu_memory_mb == 0 { "-".into() } else { format!("{} MB", spec.min_gpu_memory_mb) }),
+        (
+            "min gpu memory",
+            if spec.min_gpu_memory_mb == 0 { "-".into() } else { format!("{} MB", spec.min_gpu_memory_mb) },
+        ),
         ("priority", spec.priority.to_string()),
-        ("env", join(&spec.env)),
-        ("labels", join(&spec.labels)),
+        ("env", output::join_map(&spec.env)),
+        ("labels", output::join_map(&spec.labels)),
         ("node", or_dash(w.node.as_deref())),
         ("submitted by", w.submitted_by.clone()),
         ("submitted", format!("{} (seq {})", time_ms(w.submitted_ms), w.submitted_seq)),
@@ -248,15 +208,11 @@ pub fn detail(w: &WorkloadRow) -> String {
     ])
 }
 
-fn join(map: &BTreeMap<String, String>) -> String {
-    output::join_map(map)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use claw_commands::{WorkloadSpec, WorkloadStatus};
     use clap::Parser;
+    use claw_commands::{WorkloadSpec, WorkloadStatus};
 
     #[derive(Parser)]
     struct Cli {
@@ -278,9 +234,35 @@ mod tests {
     #[test]
     fn submit_builds_the_full_spec() {
         let args = submit_args(&[
-            "submit", "--name", "train-1", "--image", "busybox", "--gpus", "2", "--gpu-model", "H100",
-            "--min-gpu-memory-mb", "40000", "--env", "A=1", "--env", "B=x=y", "--env", "A=2", "--label", "team=ml",
-            "--priority", "-3", "--id", "w-fixed", "--command-id", "cmd-1", "--", "sh", "-c", "echo hi",
+            "submit",
+            "--name",
+            "train-1",
+            "--image",
+            "busybox",
+            "--gpus",
+            "2",
+            "--gpu-model",
+            "H100",
+            "--min-gpu-memory-mb",
+            "40000",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--env",
+            "A=2",
+            "--label",
+            "team=ml",
+            "--priority",
+            "-3",
+            "--id",
+            "w-fixed",
+            "--command-id",
+            "cmd-1",
+            "--",
+            "sh",
+            "-c",
+            "echo hi",
         ]);
         assert_eq!(args.command_id.as_deref(), Some("cmd-1"));
         let Command::SubmitWorkload(submit) = args.to_command() else { panic!("not a submit") };
@@ -375,7 +357,9 @@ mod tests {
     #[test]
     fn cancel_takes_id_or_name_and_reason() {
         match parse(&["cancel", "train-1", "--reason", "oops"]).unwrap() {
-            WorkloadCommand::Cancel { workload, reason } => assert_eq!((workload.as_str(), reason.as_str()), ("train-1", "oops")),
+            WorkloadCommand::Cancel { workload, reason } => {
+                assert_eq!((workload.as_str(), reason.as_str()), ("train-1", "oops"))
+            }
             other => panic!("parsed as {other:?}"),
         }
     }
