@@ -1,12 +1,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{BoundColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BoundColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::keys::{show_key, ALL_CFS};
 use crate::{Error, Result};
+
+/// A stored `(key, value)` pair.
+pub(crate) type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 /// One member's RocksDB database with the log store's column families.
 pub(crate) struct Db {
@@ -61,7 +66,7 @@ impl Db {
     }
 
     /// The last `(key, value)` of `cf` at or before `at`.
-    pub(crate) fn last_at_or_before(&self, cf: &str, at: &[u8]) -> Result<Option<(Box<[u8]>, Box<[u8]>)>> {
+    pub(crate) fn last_at_or_before(&self, cf: &str, at: &[u8]) -> Result<Option<KeyValue>> {
         let handle = self.cf(cf)?;
         let mut it = self.inner.iterator_cf(&handle, IteratorMode::From(at, Direction::Reverse));
         it.next().transpose().map_err(|e| Error::Storage(format!("cannot scan {cf}: {e}")))
@@ -75,7 +80,7 @@ impl Db {
     }
 
     /// The last `(key, value)` of `cf`.
-    pub(crate) fn last(&self, cf: &str) -> Result<Option<(Box<[u8]>, Box<[u8]>)>> {
+    pub(crate) fn last(&self, cf: &str) -> Result<Option<KeyValue>> {
         let handle = self.cf(cf)?;
         let mut it = self.inner.iterator_cf(&handle, IteratorMode::End);
         it.next().transpose().map_err(|e| Error::Storage(format!("cannot scan {cf}: {e}")))

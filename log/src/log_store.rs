@@ -55,7 +55,8 @@ impl LogReader {
         let pending = self.pending.read().unwrap_or_else(PoisonError::into_inner);
         let mut out: BTreeMap<u64, Entry<TypeConfig>> = BTreeMap::new();
         self.db.scan(CF_RAFT_LOG, &u64_key(start), |k, v| {
-            let index = decode_u64(k).ok_or_else(|| Error::decode(format!("key {CF_RAFT_LOG}/{}", show_key(k)), "not a u64"))?;
+            let index = decode_u64(k)
+                .ok_or_else(|| Error::decode(format!("key {CF_RAFT_LOG}/{}", show_key(k)), "not a u64"))?;
             if end.is_some_and(|e| index >= e) {
                 return Ok(false);
             }
@@ -133,7 +134,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
         let value = encode_json("vote", vote).map_err(Error::into_write)?;
-        self.submit_and_wait(|done| LogOp::Meta { key: RaftMetaKey::Vote, value, sync: true, done })
+        self.submit_and_wait(|done| LogOp::Meta { key: RaftMetaKey::Vote, value, sync: true, done: Some(done) })
             .await
             .map_err(Error::into_write)
     }
@@ -144,9 +145,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {
         let value = encode_json("committed log id", &committed).map_err(Error::into_write)?;
-        // Not synced: losing it only means re-applying from an older point.
-        self.submit_and_wait(|done| LogOp::Meta { key: RaftMetaKey::Committed, value, sync: false, done })
-            .await
+        // Neither synced nor awaited: losing it only means re-applying from an
+        // older point, and waiting would stall raft behind the pending fsync.
+        // The writer thread still orders it after the appends before it.
+        self.writer
+            .submit(LogOp::Meta { key: RaftMetaKey::Committed, value, sync: false, done: None })
             .map_err(Error::into_write)
     }
 

@@ -22,12 +22,29 @@ pub(crate) type Pending = Arc<RwLock<BTreeMap<u64, (u64, Entry<TypeConfig>)>>>;
 
 /// One unit of raft log IO, executed in submission order.
 pub(crate) enum LogOp {
-    Append { op_id: u64, entries: Vec<(u64, Vec<u8>)>, callback: LogFlushed<TypeConfig> },
-    Meta { key: RaftMetaKey, value: Vec<u8>, sync: bool, done: oneshot::Sender<Result<()>> },
+    Append {
+        op_id: u64,
+        entries: Vec<(u64, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// `done` is `None` for a write nobody waits for (the committed log id).
+    Meta {
+        key: RaftMetaKey,
+        value: Vec<u8>,
+        sync: bool,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
     /// Deletes every entry at or after `from`.
-    Truncate { from: u64, done: oneshot::Sender<Result<()>> },
+    Truncate {
+        from: u64,
+        done: oneshot::Sender<Result<()>>,
+    },
     /// Records `last_purged` and deletes every entry up to and including `upto`.
-    Purge { upto: u64, last_purged: Vec<u8>, done: oneshot::Sender<Result<()>> },
+    Purge {
+        upto: u64,
+        last_purged: Vec<u8>,
+        done: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// The "raft-log-writer" thread: it owns all raft log writes, and turns every
@@ -88,7 +105,12 @@ fn run(db: &Db, pending: &Pending, counters: &Counters, rx: mpsc::Receiver<LogOp
             let r = result.as_ref().map(|_| ()).map_err(|e| Error::Storage(e.to_string()));
             match op {
                 LogOp::Append { callback, .. } => callback.log_io_completed(r.map_err(std::io::Error::other)),
-                LogOp::Meta { done, .. } | LogOp::Truncate { done, .. } | LogOp::Purge { done, .. } => {
+                LogOp::Meta { done: None, key, .. } => {
+                    if let Err(e) = r {
+                        tracing::warn!(?key, "raft metadata write failed: {e}");
+                    }
+                }
+                LogOp::Meta { done: Some(done), .. } | LogOp::Truncate { done, .. } | LogOp::Purge { done, .. } => {
                     // The requester may have given up waiting; nothing to do then.
                     let _ = done.send(r);
                 }
@@ -134,4 +156,31 @@ fn write_ops(db: &Db, ops: &[LogOp], counters: &Counters) -> Result<()> {
         counters.entries_synced.fetch_add(entries, Ordering::Relaxed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_queued_during_a_sync_share_one_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        let counters = Arc::new(Counters::default());
+        let writer = LogWriter::start(db.clone(), Pending::default(), counters.clone()).expect("start");
+        let mut waits = Vec::new();
+        for i in 0..200u32 {
+            let (done, rx) = oneshot::channel();
+            let value = i.to_be_bytes().to_vec();
+            writer.submit(LogOp::Meta { key: RaftMetaKey::Vote, value, sync: true, done: Some(done) }).expect("submit");
+            waits.push(rx);
+        }
+        for rx in waits {
+            rx.await.expect("answered").expect("written");
+        }
+        let fsyncs = counters.fsyncs.load(Ordering::Relaxed);
+        assert!((1..200).contains(&fsyncs), "200 synced requests took {fsyncs} fsyncs");
+        let last: Option<Box<[u8]>> = db.last(CF_RAFT_META).expect("read").map(|(_, v)| v);
+        assert_eq!(last.as_deref(), Some(&199u32.to_be_bytes()[..]), "the last request wins");
+    }
 }

@@ -1,0 +1,279 @@
+use std::collections::VecDeque;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use claw_commands::{evolve, verify_chain, DecisionState, EventRecord};
+use claw_projections::ClusterView;
+use futures::Stream;
+use openraft::{BasicNode, LogId, StoredMembership};
+use tokio::sync::watch;
+
+use crate::checkpoint::Checkpoint;
+use crate::db::{decode_json, Db};
+use crate::keys::{decode_u64, show_key, u64_key, SmMetaKey, CF_EVENTS, CF_SM_META};
+use crate::log_stats::Counters;
+use crate::{Error, EventFilter, LogStats, Result};
+
+/// How many matching records a watcher reads from RocksDB at a time.
+const WATCH_CHUNK: usize = 512;
+
+/// The in-memory state of the state machine, kept current on apply.
+pub(crate) struct Live {
+    pub(crate) decision: DecisionState,
+    pub(crate) view: ClusterView,
+    pub(crate) last_seq: u64,
+    pub(crate) last_hash: String,
+    pub(crate) oldest_seq: u64,
+    pub(crate) last_applied: Option<LogId<u64>>,
+    pub(crate) membership: StoredMembership<u64, BasicNode>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) db: Arc<Db>,
+    pub(crate) live: RwLock<Live>,
+    /// The last seq whose event is durable in RocksDB.
+    pub(crate) watch_tx: watch::Sender<u64>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// The read side of one member's log: the stored event history, the live
+/// decision state and cluster view, and a watch of new events. Cheap to clone.
+#[derive(Clone)]
+pub struct EventStore {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl EventStore {
+    /// Loads the state machine from `db`: the newest checkpoint, then a
+    /// replay of the events stored after it.
+    pub(crate) fn load(db: Arc<Db>, counters: Arc<Counters>) -> Result<EventStore> {
+        let last_applied: Option<LogId<u64>> = db.get_json(CF_SM_META, &SmMetaKey::LastApplied.encode())?;
+        let membership: StoredMembership<u64, BasicNode> =
+            db.get_json(CF_SM_META, &SmMetaKey::Membership.encode())?.unwrap_or_default();
+        let (_, end) = SmMetaKey::checkpoint_range();
+        let checkpoint = match db.last_at_or_before(CF_SM_META, &end)? {
+            Some((k, v)) if SmMetaKey::checkpoint_seq(&k).is_some() => decode_json::<Checkpoint>(CF_SM_META, &k, &v)?,
+            _ => Checkpoint::default(),
+        };
+        let Checkpoint { mut last_seq, mut last_hash, mut decision, mut view } = checkpoint;
+        db.scan(CF_EVENTS, &u64_key(last_seq + 1), |k, v| {
+            let rec: EventRecord = decode_json(CF_EVENTS, k, v)?;
+            if decode_u64(k) != Some(rec.seq) || rec.seq != last_seq + 1 {
+                return Err(Error::Storage(format!(
+                    "event history in {} has a gap: key {CF_EVENTS}/{} holds seq {} after seq {last_seq}",
+                    db.path().display(),
+                    show_key(k),
+                    rec.seq
+                )));
+            }
+            last_hash = verify_chain(&last_hash, [&rec])
+                .map_err(|e| Error::Storage(format!("event history in {} is corrupt: {e}", db.path().display())))?;
+            last_seq = rec.seq;
+            evolve(&mut decision, rec.seq, &rec.event);
+            view.apply(&rec);
+            Ok(true)
+        })?;
+        let oldest_seq = match db.first_key(CF_EVENTS)? {
+            Some(k) => {
+                decode_u64(&k).ok_or_else(|| Error::decode(format!("key {CF_EVENTS}/{}", show_key(&k)), "not a u64"))?
+            }
+            None => last_seq + 1,
+        };
+        counters.applied_index.store(last_applied.map_or(0, |l| l.index), std::sync::atomic::Ordering::Relaxed);
+        let live = Live { decision, view, last_seq, last_hash, oldest_seq, last_applied, membership };
+        let (watch_tx, _) = watch::channel(last_seq);
+        Ok(EventStore { shared: Arc::new(Shared { db, live: RwLock::new(live), watch_tx, counters }) })
+    }
+
+    pub(crate) fn read_live(&self) -> RwLockReadGuard<'_, Live> {
+        self.shared.live.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn write_live(&self) -> RwLockWriteGuard<'_, Live> {
+        self.shared.live.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn db(&self) -> &Arc<Db> {
+        &self.shared.db
+    }
+
+    /// Publishes `last_seq` to watchers once its events are durable.
+    pub(crate) fn publish(&self, last_seq: u64) {
+        self.shared.watch_tx.send_if_modified(|v| {
+            let changed = *v != last_seq;
+            *v = last_seq;
+            changed
+        });
+    }
+
+    /// The seq of the last stored event (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.read_live().last_seq
+    }
+
+    /// The hash of the last stored event (`GENESIS_HASH` before the first).
+    pub fn last_hash(&self) -> String {
+        self.read_live().last_hash.clone()
+    }
+
+    /// The oldest seq still stored: 1 (history is never purged yet), or
+    /// `last_seq + 1` while the history is empty.
+    pub fn oldest_seq(&self) -> u64 {
+        self.read_live().oldest_seq
+    }
+
+    /// A clone of the live cluster view.
+    pub fn view(&self) -> ClusterView {
+        self.read_live().view.clone()
+    }
+
+    /// Runs `f` on the live cluster view under a read lock, without cloning it.
+    pub fn with_view<T>(&self, f: impl FnOnce(&ClusterView) -> T) -> T {
+        f(&self.read_live().view)
+    }
+
+    /// A clone of the live decision state.
+    pub fn decision(&self) -> DecisionState {
+        self.read_live().decision.clone()
+    }
+
+    /// Stored events with `from_seq <= seq <= to_seq` (to the last one when
+    /// `to_seq` is `None`) that match `filter`, at most `limit` of them
+    /// (`limit == 0` means no limit). Seqs start at 1, so `from_seq == 0`
+    /// reads from the first event.
+    pub fn events(
+        &self,
+        from_seq: u64,
+        to_seq: Option<u64>,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Vec<EventRecord>> {
+        let from = from_seq.max(1);
+        let (last, oldest) = {
+            let live = self.read_live();
+            (live.last_seq, live.oldest_seq)
+        };
+        if from < oldest {
+            return Err(Error::Compacted { requested: from, oldest });
+        }
+        let to = to_seq.map_or(last, |t| t.min(last));
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        Ok(self.scan_events(from, to, limit, filter)?.0)
+    }
+
+    /// Reads matching records in `from..=to`, at most `limit`; also returns
+    /// the seq after the last one examined, where the next read continues.
+    pub(crate) fn scan_events(
+        &self,
+        from: u64,
+        to: u64,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<(Vec<EventRecord>, u64)> {
+        let mut out = Vec::new();
+        let mut next = from;
+        if from > to || limit == 0 {
+            return Ok((out, next));
+        }
+        self.shared.db.scan(CF_EVENTS, &u64_key(from), |k, v| {
+            let seq =
+                decode_u64(k).ok_or_else(|| Error::decode(format!("key {CF_EVENTS}/{}", show_key(k)), "not a u64"))?;
+            if seq > to {
+                return Ok(false);
+            }
+            let rec: EventRecord = decode_json(CF_EVENTS, k, v)?;
+            next = seq + 1;
+            if filter.matches(&rec) {
+                out.push(rec);
+            }
+            Ok(out.len() < limit)
+        })?;
+        Ok((out, next))
+    }
+
+    /// Every stored record in `from..=to`, which must all be present.
+    pub(crate) fn read_range(&self, from: u64, to: u64) -> Result<Vec<EventRecord>> {
+        let (recs, _) = self.scan_events(from, to, usize::MAX, &EventFilter::default())?;
+        let expected = (to + 1).saturating_sub(from);
+        if recs.len() as u64 != expected || recs.first().is_some_and(|r| r.seq != from) {
+            return Err(Error::Storage(format!(
+                "events {from}..={to} are not all stored in {} (found {} of {expected})",
+                self.shared.db.path().display(),
+                recs.len()
+            )));
+        }
+        Ok(recs)
+    }
+
+    /// The seq of the last applied event, bumped after each apply batch is durable in RocksDB.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.watch_tx.subscribe()
+    }
+
+    /// The stored events from `from_seq` that match `filter`, then the live
+    /// tail as it is applied: no gap, no duplicate. When `from_seq` is older
+    /// than [`EventStore::oldest_seq`] the stream yields
+    /// [`Error::Compacted`] and ends. Otherwise it never ends on its own:
+    /// drop it to stop watching (it keeps the store open while it lives).
+    pub fn watch(
+        &self,
+        from_seq: u64,
+        filter: EventFilter,
+    ) -> impl Stream<Item = Result<EventRecord>> + Send + 'static {
+        let from = from_seq.max(1);
+        let oldest = self.oldest_seq();
+        let start = if from < oldest {
+            WatchPhase::Failed(Error::Compacted { requested: from, oldest })
+        } else {
+            WatchPhase::Running(Box::new(Watcher {
+                store: self.clone(),
+                rx: self.subscribe(),
+                next: from,
+                filter,
+                buf: VecDeque::new(),
+            }))
+        };
+        futures::stream::unfold(start, |phase| async move {
+            let mut w = match phase {
+                WatchPhase::Failed(e) => return Some((Err(e), WatchPhase::Done)),
+                WatchPhase::Done => return None,
+                WatchPhase::Running(w) => w,
+            };
+            loop {
+                if let Some(rec) = w.buf.pop_front() {
+                    return Some((Ok(rec), WatchPhase::Running(w)));
+                }
+                let last = *w.rx.borrow_and_update();
+                if w.next <= last {
+                    match w.store.scan_events(w.next, last, WATCH_CHUNK, &w.filter) {
+                        Ok((recs, next)) => {
+                            w.buf.extend(recs);
+                            w.next = next;
+                        }
+                        Err(e) => return Some((Err(e), WatchPhase::Done)),
+                    }
+                } else if w.rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// Counters for benchmarks.
+    pub fn stats(&self) -> LogStats {
+        self.shared.counters.snapshot()
+    }
+}
+
+struct Watcher {
+    store: EventStore,
+    rx: watch::Receiver<u64>,
+    next: u64,
+    filter: EventFilter,
+    buf: VecDeque<EventRecord>,
+}
+
+enum WatchPhase {
+    Running(Box<Watcher>),
+    Failed(Error),
+    Done,
+}

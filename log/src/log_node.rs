@@ -1,0 +1,98 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use claw_proto::raft::raft_server::RaftServer;
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+
+use crate::db::Db;
+use crate::log_stats::Counters;
+use crate::log_store::LogStore;
+use crate::network::Network;
+use crate::network_client::MAX_RAFT_MESSAGE;
+use crate::state_machine::StateMachine;
+use crate::{ClawRaft, Error, EventStore, LogOptions, RaftRpcService, Result};
+
+/// Snapshot chunks are sent as JSON byte arrays (up to 4 bytes per byte),
+/// so they are kept well under the gRPC message limit.
+const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// One member of the replicated log: its raft instance and its event store.
+#[derive(Clone)]
+pub struct LogNode {
+    pub raft: ClawRaft,
+    pub store: EventStore,
+    node_id: u64,
+    advertise_addr: String,
+}
+
+/// Opens the RocksDB database at `dir` and builds the log store, the state
+/// machine and the event store over it.
+pub(crate) fn open_storage(dir: &Path) -> Result<(LogStore, StateMachine, EventStore)> {
+    let db = Db::open(dir)?;
+    let counters = Arc::new(Counters::default());
+    let store = EventStore::load(db.clone(), counters.clone())?;
+    let log = LogStore::open(db, counters)?;
+    Ok((log, StateMachine::new(store.clone()), store))
+}
+
+impl LogNode {
+    /// Opens the RocksDB database at `opts.data_dir` and starts raft with the
+    /// gRPC network. The member does nothing until it is initialized or added
+    /// to a cluster.
+    pub async fn open(opts: LogOptions) -> Result<LogNode> {
+        let (log, sm, store) = open_storage(&opts.data_dir)?;
+        let config = Config {
+            cluster_name: "clawbernetes".to_string(),
+            heartbeat_interval: opts.heartbeat_ms,
+            election_timeout_min: opts.election_timeout_min_ms,
+            election_timeout_max: opts.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: opts.max_in_snapshot_log_to_keep,
+            purge_batch_size: 1024,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Raft(format!("invalid raft options: {e}")))?;
+        let raft = ClawRaft::new(opts.node_id, Arc::new(config), Network, log, sm)
+            .await
+            .map_err(|e| Error::Raft(format!("cannot start raft for member {}: {e}", opts.node_id)))?;
+        Ok(LogNode { raft, store, node_id: opts.node_id, advertise_addr: opts.advertise_addr })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn advertise_addr(&self) -> &str {
+        &self.advertise_addr
+    }
+
+    /// Makes this member a one-member cluster, unless raft is already
+    /// initialized (so it is idempotent across restarts).
+    pub async fn initialize_single(&self) -> Result<()> {
+        let initialized = self.raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let members = BTreeMap::from([(self.node_id, BasicNode::new(&self.advertise_addr))]);
+        match self.raft.initialize(members).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(Error::Raft(format!("cannot initialize member {}: {e}", self.node_id))),
+        }
+    }
+
+    /// The member-to-member Raft RPC server, to mount on this member's gRPC port.
+    pub fn raft_service(&self) -> RaftServer<RaftRpcService> {
+        RaftServer::new(RaftRpcService::new(self.raft.clone()))
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE)
+    }
+
+    /// Stops raft. The event store stays readable while clones of it live.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.raft.shutdown().await.map_err(|e| Error::Raft(format!("raft shutdown failed: {e}")))
+    }
+}

@@ -1,0 +1,72 @@
+use std::io::Cursor;
+
+use openraft::{
+    BasicNode, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use rocksdb::WriteBatch;
+
+use crate::checkpoint::Checkpoint;
+use crate::db::encode_json;
+use crate::keys::{SmMetaKey, CF_SM_META};
+use crate::snapshot_payload::SnapshotRecord;
+use crate::state_machine::build_payload;
+use crate::{EventStore, Result, TypeConfig};
+
+/// Builds a snapshot of the state captured when openraft asked for a
+/// builder; applying may continue meanwhile, since the captured events are
+/// immutable and the newer ones are left out by seq and raft index.
+pub(crate) struct SnapshotBuilder {
+    store: EventStore,
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+    checkpoint: Checkpoint,
+}
+
+impl SnapshotBuilder {
+    pub(crate) fn capture(store: &EventStore) -> SnapshotBuilder {
+        let live = store.read_live();
+        SnapshotBuilder {
+            store: store.clone(),
+            last_applied: live.last_applied,
+            membership: live.membership.clone(),
+            checkpoint: Checkpoint {
+                last_seq: live.last_seq,
+                last_hash: live.last_hash.clone(),
+                decision: live.decision.clone(),
+                view: live.view.clone(),
+            },
+        }
+    }
+
+    fn build(&mut self) -> Result<Snapshot<TypeConfig>> {
+        let snapshot_id = match &self.last_applied {
+            Some(l) => format!("{}-{}-seq{}", l.leader_id, l.index, self.checkpoint.last_seq),
+            None => format!("none-seq{}", self.checkpoint.last_seq),
+        };
+        let meta =
+            SnapshotMeta { last_log_id: self.last_applied, last_membership: self.membership.clone(), snapshot_id };
+        let record = SnapshotRecord {
+            meta: meta.clone(),
+            last_seq: self.checkpoint.last_seq,
+            last_hash: self.checkpoint.last_hash.clone(),
+        };
+        let db = self.store.db().clone();
+        let sm_cf = db.cf(CF_SM_META)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            &sm_cf,
+            SmMetaKey::Checkpoint(self.checkpoint.last_seq).encode(),
+            encode_json("checkpoint", &self.checkpoint)?,
+        );
+        batch.put_cf(&sm_cf, SmMetaKey::Snapshot.encode(), encode_json("snapshot record", &record)?);
+        db.write(batch, false)?;
+        let data = build_payload(&self.store, &meta, self.checkpoint.clone())?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        self.build().map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))
+    }
+}

@@ -1,0 +1,339 @@
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::atomic::Ordering;
+
+use claw_commands::{decide, evolve, verify_chain, Event, EventRecord, GENESIS_HASH};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+};
+use rocksdb::WriteBatch;
+
+use crate::checkpoint::Checkpoint;
+use crate::db::{decode_json, encode_json};
+use crate::dedup_row::DedupRow;
+use crate::event_store::Live;
+use crate::keys::{dedup_key, u64_key, SmMetaKey, CF_DEDUP, CF_EVENTS, CF_SM_META};
+use crate::snapshot_builder::SnapshotBuilder;
+use crate::snapshot_payload::{SnapshotPayload, SnapshotRecord};
+use crate::{ApplyResponse, Error, EventStore, Result, TypeConfig};
+
+/// A checkpoint of the in-memory state is stored at least every this many events.
+pub(crate) const CHECKPOINT_EVERY: u64 = 1_000;
+
+/// The replicated state machine: decides each committed command, seals the
+/// resulting events into the hash chain, and stores them with the dedup rows
+/// and applied position in one RocksDB write batch per `apply` call.
+pub(crate) struct StateMachine {
+    store: EventStore,
+}
+
+impl StateMachine {
+    pub(crate) fn new(store: EventStore) -> StateMachine {
+        StateMachine { store }
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<ApplyResponse>> {
+        let db = self.store.db().clone();
+        let events_cf = db.cf(CF_EVENTS)?;
+        let dedup_cf = db.cf(CF_DEDUP)?;
+        let sm_cf = db.cf(CF_SM_META)?;
+        let mut batch = WriteBatch::default();
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut new_records: Vec<EventRecord> = Vec::new();
+        let mut new_dedup: HashMap<String, DedupRow> = HashMap::new();
+        let mut last_applied = None;
+        let mut membership = None;
+
+        // Phase 1: decide and evolve the decision state; build the batch.
+        let (last_seq, last_hash) = {
+            let mut guard = self.store.write_live();
+            let live: &mut Live = &mut guard;
+            let published = live.last_seq;
+            let mut last_seq = live.last_seq;
+            let mut last_hash = live.last_hash.clone();
+            for entry in entries {
+                let log_id = entry.log_id;
+                last_applied = Some(log_id);
+                let env = match entry.payload {
+                    EntryPayload::Blank => {
+                        responses.push(ApplyResponse { raft_index: log_id.index, ..Default::default() });
+                        continue;
+                    }
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(log_id), m));
+                        responses.push(ApplyResponse { raft_index: log_id.index, ..Default::default() });
+                        continue;
+                    }
+                    EntryPayload::Normal(env) => env,
+                };
+                let prior = if env.command_id.is_empty() {
+                    None
+                } else if let Some(row) = new_dedup.get(&env.command_id) {
+                    Some(row.clone())
+                } else {
+                    db.get_json::<DedupRow>(CF_DEDUP, dedup_key(&env.command_id))?
+                };
+                if let Some(row) = prior {
+                    let events = if row.first_seq > published {
+                        // Its events are in this very batch, not yet in RocksDB.
+                        new_records
+                            .iter()
+                            .filter(|r| r.seq >= row.first_seq && r.seq <= row.last_seq)
+                            .cloned()
+                            .collect()
+                    } else {
+                        self.store.read_range(row.first_seq, row.last_seq)?
+                    };
+                    responses.push(ApplyResponse {
+                        command_id: row.command_id,
+                        raft_index: row.raft_index,
+                        events,
+                        rejection: row.rejection,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                let (events, rejection) = match decide(&live.decision, &env) {
+                    Ok(events) => (events, None),
+                    Err(rejection) => (
+                        vec![Event::CommandRejected {
+                            command_kind: env.command.kind().to_string(),
+                            rejection: rejection.clone(),
+                        }],
+                        Some(rejection),
+                    ),
+                };
+                let first_seq = last_seq + 1;
+                let mut records = Vec::with_capacity(events.len());
+                for event in events {
+                    last_seq += 1;
+                    let rec = EventRecord::seal(
+                        last_seq,
+                        log_id.index,
+                        env.time_ms,
+                        env.actor.clone(),
+                        env.command_id.clone(),
+                        env.correlation_id.clone(),
+                        event,
+                        last_hash,
+                    );
+                    evolve(&mut live.decision, last_seq, &rec.event);
+                    last_hash = rec.hash.clone();
+                    batch.put_cf(&events_cf, u64_key(last_seq), encode_json("event record", &rec)?);
+                    records.push(rec);
+                }
+                new_records.extend(records.iter().cloned());
+                if !env.command_id.is_empty() {
+                    let row = DedupRow {
+                        command_id: env.command_id.clone(),
+                        raft_index: log_id.index,
+                        first_seq,
+                        last_seq,
+                        rejection: rejection.clone(),
+                    };
+                    batch.put_cf(&dedup_cf, dedup_key(&env.command_id), encode_json("dedup row", &row)?);
+                    new_dedup.insert(env.command_id.clone(), row);
+                }
+                responses.push(ApplyResponse {
+                    command_id: env.command_id,
+                    raft_index: log_id.index,
+                    events: records,
+                    rejection,
+                    duplicate: false,
+                });
+            }
+            if last_seq / CHECKPOINT_EVERY != published / CHECKPOINT_EVERY {
+                let mut view = live.view.clone();
+                for rec in &new_records {
+                    view.apply(rec);
+                }
+                let cp = Checkpoint { last_seq, last_hash: last_hash.clone(), decision: live.decision.clone(), view };
+                batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(last_seq).encode(), encode_json("checkpoint", &cp)?);
+            }
+            (last_seq, last_hash)
+        };
+        if let Some(log_id) = &last_applied {
+            batch.put_cf(&sm_cf, SmMetaKey::LastApplied.encode(), encode_json("last applied log id", log_id)?);
+        }
+        if let Some(m) = &membership {
+            batch.put_cf(&sm_cf, SmMetaKey::Membership.encode(), encode_json("membership", m)?);
+        }
+
+        // Phase 2: one unsynced write. The raft log is the durable source;
+        // RocksDB's single WAL orders this write before any later synced one.
+        db.write(batch, false)?;
+
+        // Phase 3: publish.
+        {
+            let mut live = self.store.write_live();
+            for rec in &new_records {
+                live.view.apply(rec);
+            }
+            live.last_seq = last_seq;
+            live.last_hash = last_hash;
+            if last_applied.is_some() {
+                live.last_applied = last_applied;
+            }
+            if let Some(m) = membership {
+                live.membership = m;
+            }
+        }
+        if let Some(log_id) = last_applied {
+            self.store.shared.counters.applied_index.store(log_id.index, Ordering::Relaxed);
+        }
+        self.store.publish(last_seq);
+        Ok(responses)
+    }
+
+    fn install(&mut self, meta: &SnapshotMeta<u64, BasicNode>, data: &[u8]) -> Result<()> {
+        let what = format!("snapshot {}", meta.snapshot_id);
+        let payload: SnapshotPayload = serde_json::from_slice(data).map_err(|e| Error::decode(what.clone(), e))?;
+        let cp = &payload.checkpoint;
+        let last_hash = verify_chain(GENESIS_HASH, &payload.events)
+            .map_err(|e| Error::decode(what.clone(), format!("its event history is broken: {e}")))?;
+        let first_ok = payload.events.first().is_none_or(|r| r.seq == 1);
+        if !first_ok || payload.events.len() as u64 != cp.last_seq || last_hash != cp.last_hash {
+            return Err(Error::decode(
+                what,
+                format!(
+                    "it holds {} events ending in hash {last_hash}, but its checkpoint is at seq {} with hash {}",
+                    payload.events.len(),
+                    cp.last_seq,
+                    cp.last_hash
+                ),
+            ));
+        }
+
+        let db = self.store.db().clone();
+        let events_cf = db.cf(CF_EVENTS)?;
+        let dedup_cf = db.cf(CF_DEDUP)?;
+        let sm_cf = db.cf(CF_SM_META)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(&events_cf, u64_key(0), u64_key(u64::MAX));
+        batch.delete_cf(&events_cf, u64_key(u64::MAX));
+        // Command ids are UTF-8, which never contains the byte 0xFF.
+        batch.delete_range_cf(&dedup_cf, &[][..], &[0xFFu8][..]);
+        let (cp_from, cp_to) = SmMetaKey::checkpoint_range();
+        batch.delete_range_cf(&sm_cf, cp_from, cp_to);
+        for rec in &payload.events {
+            batch.put_cf(&events_cf, u64_key(rec.seq), encode_json("event record", rec)?);
+        }
+        for row in &payload.dedup {
+            batch.put_cf(&dedup_cf, dedup_key(&row.command_id), encode_json("dedup row", row)?);
+        }
+        batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(cp.last_seq).encode(), encode_json("checkpoint", cp)?);
+        match &meta.last_log_id {
+            Some(l) => batch.put_cf(&sm_cf, SmMetaKey::LastApplied.encode(), encode_json("last applied log id", l)?),
+            None => batch.delete_cf(&sm_cf, SmMetaKey::LastApplied.encode()),
+        }
+        batch.put_cf(&sm_cf, SmMetaKey::Membership.encode(), encode_json("membership", &meta.last_membership)?);
+        let record = SnapshotRecord { meta: meta.clone(), last_seq: cp.last_seq, last_hash: cp.last_hash.clone() };
+        batch.put_cf(&sm_cf, SmMetaKey::Snapshot.encode(), encode_json("snapshot record", &record)?);
+        db.write(batch, true)?;
+
+        let SnapshotPayload { checkpoint, .. } = payload;
+        {
+            let mut live = self.store.write_live();
+            live.last_seq = checkpoint.last_seq;
+            live.last_hash = checkpoint.last_hash;
+            live.decision = checkpoint.decision;
+            live.view = checkpoint.view;
+            live.oldest_seq = 1;
+            live.last_applied = meta.last_log_id;
+            live.membership = meta.last_membership.clone();
+        }
+        self.store.shared.counters.applied_index.store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Relaxed);
+        self.store.publish(checkpoint.last_seq);
+        Ok(())
+    }
+
+    fn current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
+        let db = self.store.db().clone();
+        let Some(record) = db.get_json::<SnapshotRecord>(CF_SM_META, &SmMetaKey::Snapshot.encode())? else {
+            return Ok(None);
+        };
+        let key = SmMetaKey::Checkpoint(record.last_seq).encode();
+        let checkpoint: Checkpoint = db.get_json(CF_SM_META, &key)?.ok_or_else(|| {
+            Error::Storage(format!(
+                "snapshot {} needs the checkpoint at seq {}, which is missing from {CF_SM_META}",
+                record.meta.snapshot_id, record.last_seq
+            ))
+        })?;
+        let data = build_payload(&self.store, &record.meta, checkpoint)?;
+        Ok(Some(Snapshot { meta: record.meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+/// Serialises a snapshot's payload: the checkpoint, every event up to it
+/// (re-read from RocksDB; events are immutable so this is exact) and the
+/// dedup rows of the entries it covers.
+pub(crate) fn build_payload(
+    store: &EventStore,
+    meta: &SnapshotMeta<u64, BasicNode>,
+    checkpoint: Checkpoint,
+) -> Result<Vec<u8>> {
+    let events = store.read_range(1, checkpoint.last_seq)?;
+    let upto = meta.last_log_id.map(|l| l.index);
+    let mut dedup = Vec::new();
+    store.db().scan(CF_DEDUP, &[], |k, v| {
+        let row: DedupRow = decode_json(CF_DEDUP, k, v)?;
+        if upto.is_some_and(|u| row.raft_index <= u) {
+            dedup.push(row);
+        }
+        Ok(true)
+    })?;
+    let payload = SnapshotPayload {
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+        checkpoint,
+        events,
+        dedup,
+    };
+    encode_json("snapshot payload", &payload)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+        let live = self.store.read_live();
+        Ok((live.last_applied, live.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResponse>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        self.apply_entries(entries).map_err(|e| StorageError::from(openraft::StorageIOError::write_state_machine(&e)))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder::capture(&self.store)
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let data = snapshot.into_inner();
+        self.install(meta, &data)
+            .map_err(|e| StorageError::from(openraft::StorageIOError::write_snapshot(Some(meta.signature()), &e)))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        self.current_snapshot().map_err(|e| StorageError::from(openraft::StorageIOError::read_snapshot(None, &e)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

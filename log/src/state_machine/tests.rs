@@ -1,0 +1,337 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use claw_commands::{
+    evolve, verify_chain, Actor, ActorKind, Command, CommandEnvelope, DecisionState, GpuInfo, GpuSample,
+    NodeCapabilities, ProposalAction, WorkloadSpec, GENESIS_HASH,
+};
+use claw_projections::ClusterView;
+use futures::StreamExt;
+use openraft::storage::RaftStateMachine;
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError, StorageIOError};
+use tempfile::TempDir;
+
+use super::StateMachine;
+use crate::log_node::open_storage;
+use crate::log_store::LogStore;
+use crate::{ApplyResponse, Error, EventFilter, EventStore, TypeConfig};
+
+struct TempStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for TempStoreBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
+        let (log, sm, _store) = open_storage(dir.path()).map_err(Error::into_write)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn passes_the_openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(TempStoreBuilder) {
+        panic!("storage suite failed: {e}");
+    }
+}
+
+/// A small deterministic generator (xorshift), so failures reproduce.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a>(&mut self, items: &'a [&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+const NODES: &[&str] = &["gpu-a", "gpu-b", "gpu-c", "Bad Node"];
+const WORKLOADS: &[&str] = &["w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "-bad"];
+const PROPOSALS: &[&str] = &["p1", "p2", "p3", "p4"];
+
+fn command(g: &mut Gen, last_seq_hint: u64) -> Command {
+    let node = g.pick(NODES).to_string();
+    let w = g.pick(WORKLOADS).to_string();
+    match g.below(12) {
+        0 => Command::RegisterNode {
+            node,
+            capabilities: NodeCapabilities {
+                cpus: 8,
+                memory_mb: 1 << 16,
+                gpus: (0..g.below(3) as u32)
+                    .map(|i| GpuInfo {
+                        index: i,
+                        uuid: if g.below(10) == 0 { String::new() } else { format!("GPU-{i}") },
+                        model: "H100".into(),
+                        memory_mb: 80_000,
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        },
+        1 => Command::Heartbeat { node },
+        2 | 3 => Command::SubmitWorkload {
+            workload_id: w.clone(),
+            spec: WorkloadSpec {
+                name: format!("job-{}", g.below(5)),
+                image: if g.below(8) == 0 { String::new() } else { "nvcr.io/train:1".into() },
+                gpus: g.below(3) as u32,
+                ..Default::default()
+            },
+        },
+        4 => Command::CancelWorkload { workload: w, reason: "operator asked".into() },
+        5 => Command::ReportWorkloadStarted { workload_id: w, node },
+        6 => Command::ReportWorkloadExited { workload_id: w, node, exit_code: g.below(2) as i32 },
+        7 => Command::CreateProposal {
+            proposal_id: g.pick(PROPOSALS).to_string(),
+            action: if g.below(2) == 0 {
+                ProposalAction::CancelWorkload { workload_id: w }
+            } else {
+                ProposalAction::DrainNode { node }
+            },
+            basis_seq: last_seq_hint.saturating_sub(g.below(3)),
+            reason: "looks idle".into(),
+        },
+        8 => Command::ApproveProposal { proposal_id: g.pick(PROPOSALS).to_string(), comment: "ok".into() },
+        9 => Command::RejectProposal { proposal_id: g.pick(PROPOSALS).to_string(), reason: "no".into() },
+        10 => Command::ObserveGpuMetrics {
+            node,
+            samples: vec![GpuSample {
+                gpu_uuid: "GPU-0".into(),
+                utilization_pct: 50.0,
+                memory_used_mb: 1000,
+                temperature_c: 60.0,
+                power_w: 300.0,
+            }],
+        },
+        _ => Command::StateIntent { text: if g.below(4) == 0 { " ".into() } else { "train llama".into() } },
+    }
+}
+
+fn envelope(g: &mut Gen, n: u64, last_seq_hint: u64) -> CommandEnvelope {
+    let actor =
+        if g.below(20) == 0 { Actor { kind: ActorKind::User, name: String::new() } } else { Actor::user("ada") };
+    CommandEnvelope {
+        command_id: format!("cmd-{n}"),
+        actor,
+        time_ms: 1_700_000_000_000 + n as i64,
+        correlation_id: format!("corr-{}", n / 3),
+        command: command(g, last_seq_hint),
+    }
+}
+
+fn normal(index: u64, env: CommandEnvelope) -> Entry<TypeConfig> {
+    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(env) }
+}
+
+fn blank(index: u64) -> Entry<TypeConfig> {
+    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
+}
+
+fn fold(records: &[claw_commands::EventRecord]) -> (DecisionState, ClusterView) {
+    let mut d = DecisionState::default();
+    let mut v = ClusterView::default();
+    for r in records {
+        evolve(&mut d, r.seq, &r.event);
+        v.apply(r);
+    }
+    (d, v)
+}
+
+fn all_events(store: &EventStore) -> Vec<claw_commands::EventRecord> {
+    store.events(1, None, 0, &EventFilter::default()).expect("read events")
+}
+
+/// Applies generated envelopes (valid, invalid, and resubmitted) in batches
+/// of varying size; returns the first response of every command id.
+async fn apply_generated(
+    sm: &mut StateMachine,
+    store: &EventStore,
+    count: u64,
+) -> (BTreeMap<String, ApplyResponse>, Vec<CommandEnvelope>, u64) {
+    let mut g = Gen(0x9E37_79B9_7F4A_7C15);
+    let mut firsts: BTreeMap<String, ApplyResponse> = BTreeMap::new();
+    let mut sent: Vec<CommandEnvelope> = Vec::new();
+    let mut index = 0u64;
+    let mut n = 0u64;
+    while n < count {
+        let batch_len = 1 + g.below(24);
+        let mut batch = Vec::new();
+        for _ in 0..batch_len {
+            index += 1;
+            if g.below(15) == 0 {
+                batch.push(blank(index));
+                continue;
+            }
+            let env = if !sent.is_empty() && g.below(8) == 0 {
+                // A client retry: the same envelope again, maybe in the same batch.
+                sent[g.below(sent.len() as u64) as usize].clone()
+            } else {
+                n += 1;
+                let env = envelope(&mut g, n, store.last_seq());
+                sent.push(env.clone());
+                env
+            };
+            batch.push(normal(index, env));
+        }
+        let envs: Vec<Option<CommandEnvelope>> = batch
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(env) => Some(env.clone()),
+                _ => None,
+            })
+            .collect();
+        let responses = sm.apply(batch).await.expect("apply");
+        assert_eq!(responses.len(), envs.len());
+        for (env, resp) in envs.into_iter().zip(responses) {
+            let Some(env) = env else { continue };
+            match firsts.get(&env.command_id) {
+                None => {
+                    assert!(!resp.duplicate, "first apply of {} is not a duplicate", env.command_id);
+                    assert!(!resp.events.is_empty(), "every command records at least one event");
+                    assert_eq!(resp.rejection.is_some(), resp.events[0].event.kind() == "CommandRejected");
+                    firsts.insert(env.command_id.clone(), resp);
+                }
+                Some(first) => {
+                    assert!(resp.duplicate);
+                    assert_eq!(resp.events, first.events);
+                    assert_eq!(resp.raft_index, first.raft_index);
+                    assert_eq!(resp.rejection, first.rejection);
+                }
+            }
+        }
+    }
+    (firsts, sent, index)
+}
+
+#[tokio::test]
+async fn apply_folds_dedups_chains_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (firsts, sent, mut index, last_seq, last_hash, view, decision) = {
+        let (_log, mut sm, store) = open_storage(dir.path()).expect("open");
+        let (firsts, sent, index) = apply_generated(&mut sm, &store, 1_500).await;
+        let events = all_events(&store);
+        assert!(events.len() > 1_000, "enough events to cross a checkpoint: {}", events.len());
+        assert!(firsts.values().any(|r| r.rejection.is_some()), "some commands were rejected");
+        assert!(firsts.values().any(|r| r.rejection.is_none()), "some commands were accepted");
+
+        // (a) The stored history folds into exactly the live state.
+        let (d, v) = fold(&events);
+        assert_eq!(d, store.decision());
+        assert_eq!(v, store.view());
+        // (b) The hash chain holds from genesis to the last hash.
+        assert_eq!(verify_chain(GENESIS_HASH, &events).expect("chain"), store.last_hash());
+        assert_eq!(events.last().map(|r| r.seq), Some(store.last_seq()));
+        assert_eq!(store.oldest_seq(), 1);
+        (firsts, sent, index, store.last_seq(), store.last_hash(), store.view(), store.decision())
+    };
+
+    // (d) Reopening from disk (checkpoint + replay) yields the same state.
+    let (_log, mut sm, store) = open_storage(dir.path()).expect("reopen");
+    assert_eq!(store.last_seq(), last_seq);
+    assert_eq!(store.last_hash(), last_hash);
+    assert_eq!(store.view(), view);
+    assert_eq!(store.decision(), decision);
+
+    // (c) Resubmitting any earlier command id returns its first outcome and records nothing.
+    for env in sent.iter().step_by(37) {
+        index += 1;
+        let resp = sm.apply(vec![normal(index, env.clone())]).await.expect("apply").remove(0);
+        let first = &firsts[&env.command_id];
+        assert!(resp.duplicate);
+        assert_eq!(
+            resp.events.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            first.events.iter().map(|r| r.seq).collect::<Vec<_>>()
+        );
+        assert_eq!(resp.events, first.events);
+    }
+    assert_eq!(store.last_seq(), last_seq);
+    assert_eq!(store.last_hash(), last_hash);
+    let (applied, _) = sm.applied_state().await.expect("applied state");
+    assert_eq!(applied.map(|l| l.index), Some(index));
+}
+
+#[tokio::test]
+async fn snapshot_carries_the_full_history() {
+    let dir_l = tempfile::tempdir().expect("tempdir");
+    let dir_f = tempfile::tempdir().expect("tempdir");
+    let (_log_l, mut sm_l, store_l) = open_storage(dir_l.path()).expect("open leader");
+    let (_log_f, mut sm_f, store_f) = open_storage(dir_f.path()).expect("open follower");
+    let (firsts, _, index) = apply_generated(&mut sm_l, &store_l, 300).await;
+
+    let snap = sm_l.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(index));
+    let current = sm_l.get_current_snapshot().await.expect("current").expect("a snapshot");
+    assert_eq!(current.meta, snap.meta);
+    assert_eq!(current.snapshot.get_ref(), snap.snapshot.get_ref(), "rebuilt snapshot is byte-identical");
+
+    sm_f.install_snapshot(&snap.meta, snap.snapshot).await.expect("install");
+    assert_eq!(store_f.last_seq(), store_l.last_seq());
+    assert_eq!(store_f.last_hash(), store_l.last_hash());
+    assert_eq!(store_f.view(), store_l.view());
+    assert_eq!(store_f.decision(), store_l.decision());
+    assert_eq!(all_events(&store_f), all_events(&store_l));
+    assert_eq!(sm_f.applied_state().await.expect("state"), sm_l.applied_state().await.expect("state"));
+
+    // Dedup rows travel with the snapshot.
+    let (id, first) = firsts.iter().next().expect("a command");
+    let env = CommandEnvelope {
+        command_id: id.clone(),
+        actor: Actor::user("ada"),
+        time_ms: 0,
+        correlation_id: id.clone(),
+        command: Command::StateIntent { text: "again".into() },
+    };
+    let resp = sm_f.apply(vec![normal(index + 1, env)]).await.expect("apply").remove(0);
+    assert!(resp.duplicate);
+    assert_eq!(resp.events, first.events);
+}
+
+#[tokio::test]
+async fn watch_streams_backlog_then_live_tail_without_gaps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm, store) = open_storage(dir.path()).expect("open");
+    let intent = |n: u64| CommandEnvelope {
+        command_id: format!("c{n}"),
+        actor: Actor::user("ada"),
+        time_ms: n as i64,
+        correlation_id: format!("c{n}"),
+        command: Command::StateIntent { text: format!("intent {n}") },
+    };
+    for n in 1..=5 {
+        sm.apply(vec![normal(n, intent(n))]).await.expect("apply");
+    }
+    let mut watch = Box::pin(store.watch(3, EventFilter::default()));
+    let mut all = Box::pin(store.watch(0, EventFilter { kinds: vec!["IntentStated".into()], ..Default::default() }));
+    for n in 6..=10 {
+        sm.apply(vec![normal(n, intent(n))]).await.expect("apply");
+    }
+    let deadline = Duration::from_secs(5);
+    let mut seqs = Vec::new();
+    while seqs.len() < 8 {
+        let rec = tokio::time::timeout(deadline, watch.next()).await.expect("in time").expect("open").expect("ok");
+        seqs.push(rec.seq);
+    }
+    assert_eq!(seqs, (3..=10).collect::<Vec<_>>());
+    let mut n = 0;
+    while n < 10 {
+        tokio::time::timeout(deadline, all.next()).await.expect("in time").expect("open").expect("ok");
+        n += 1;
+    }
+
+    // A seq older than the oldest kept one is an explicit error, then the end.
+    store.write_live().oldest_seq = 4;
+    let mut old = Box::pin(store.watch(2, EventFilter::default()));
+    match old.next().await {
+        Some(Err(Error::Compacted { requested: 2, oldest: 4 })) => {}
+        other => panic!("expected a compacted error, got {other:?}"),
+    }
+    assert!(old.next().await.is_none());
+}

@@ -1,0 +1,247 @@
+//! Three members in one process, talking Raft over real gRPC on loopback.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use claw_commands::{Actor, Command, CommandEnvelope, Event};
+use claw_log::{LogNode, LogOptions};
+use openraft::BasicNode;
+use tempfile::TempDir;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+
+const DEADLINE: Duration = Duration::from_secs(8);
+
+struct Member {
+    node: LogNode,
+    _dir: TempDir,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn start_member(id: u64) -> anyhow::Result<Member> {
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let node = LogNode::open(LogOptions {
+        node_id: id,
+        data_dir: dir.path().join("data"),
+        advertise_addr: addr.to_string(),
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 150,
+        election_timeout_max_ms: 300,
+        ..LogOptions::default()
+    })
+    .await?;
+    let service = node.raft_service();
+    let server = tokio::spawn(async move {
+        let incoming = TcpIncoming::from(listener);
+        if let Err(e) = Server::builder().add_service(service).serve_with_incoming(incoming).await {
+            eprintln!("member {id} server stopped: {e}");
+        }
+    });
+    Ok(Member { node, _dir: dir, server })
+}
+
+/// Polls `check` until it holds or the deadline passes.
+async fn eventually<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("timed out after {DEADLINE:?} waiting for {what}")
+}
+
+fn intent(n: u64) -> CommandEnvelope {
+    CommandEnvelope {
+        command_id: format!("intent-{n}"),
+        actor: Actor::user("ada"),
+        time_ms: 1_700_000_000_000 + n as i64,
+        correlation_id: format!("intent-{n}"),
+        command: Command::StateIntent { text: format!("train model {n}") },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_agree_on_the_history() -> anyhow::Result<()> {
+    let mut members = Vec::new();
+    for id in 1..=3 {
+        members.push(start_member(id).await.with_context(|| format!("start member {id}"))?);
+    }
+    let leader = members[0].node.clone();
+    leader.initialize_single().await?;
+    // Idempotent: a second call (as on restart) is fine.
+    leader.initialize_single().await?;
+    eventually("member 1 to lead", || {
+        let raft = leader.raft.clone();
+        async move { raft.current_leader().await == Some(1) }
+    })
+    .await?;
+
+    for m in &members[1..] {
+        let id = m.node.node_id();
+        leader
+            .raft
+            .add_learner(id, BasicNode::new(m.node.advertise_addr()), true)
+            .await
+            .with_context(|| format!("add learner {id}"))?;
+    }
+    leader.raft.change_membership(BTreeSet::from([1, 2, 3]), false).await.context("change membership")?;
+
+    let first = leader.raft.client_write(intent(1)).await.context("client write")?;
+    assert!(!first.data.duplicate);
+    assert_eq!(first.data.events.len(), 1);
+    assert!(matches!(first.data.events[0].event, Event::IntentStated { .. }));
+    for n in 2..=20 {
+        leader.raft.client_write(intent(n)).await.context("client write")?;
+    }
+    let again = leader.raft.client_write(intent(7)).await.context("resubmit")?;
+    assert!(again.data.duplicate);
+
+    let want_seq = leader.store.last_seq();
+    let want_hash = leader.store.last_hash();
+    assert_eq!(want_seq, 20);
+    for m in &members {
+        let store = m.node.store.clone();
+        let (h, id) = (want_hash.clone(), m.node.node_id());
+        eventually(&format!("member {id} to reach seq {want_seq}"), || {
+            let store = store.clone();
+            let h = h.clone();
+            async move { store.last_seq() == want_seq && store.last_hash() == h }
+        })
+        .await?;
+        assert_eq!(store.view(), leader.store.view(), "member {id} has the leader's view");
+    }
+    let voters: BTreeMap<u64, _> =
+        leader.raft.metrics().borrow().membership_config.nodes().map(|(k, v)| (*k, v.clone())).collect();
+    assert_eq!(voters.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(leader.store.stats().fsyncs > 0);
+
+    for m in &members {
+        m.node.shutdown().await?;
+        m.server.abort();
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_member_catches_up_from_a_snapshot() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let leader = LogNode::open(LogOptions {
+        node_id: 1,
+        data_dir: dir.path().join("data"),
+        advertise_addr: addr.to_string(),
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 150,
+        election_timeout_max_ms: 300,
+        snapshot_logs_since_last: 100,
+        max_in_snapshot_log_to_keep: 0,
+    })
+    .await?;
+    let service = leader.raft_service();
+    let server = tokio::spawn(async move {
+        let _ = Server::builder().add_service(service).serve_with_incoming(TcpIncoming::from(listener)).await;
+    });
+    leader.initialize_single().await?;
+    eventually("member 1 to lead", || {
+        let raft = leader.raft.clone();
+        async move { raft.current_leader().await == Some(1) }
+    })
+    .await?;
+    // Openraft purges in batches of at least `purge_batch_size` (1024)
+    // entries, so write enough of them, concurrently.
+    let writes = (1..=1200).map(|n| {
+        let raft = leader.raft.clone();
+        async move { raft.client_write(intent(n)).await }
+    });
+    for r in futures::future::join_all(writes).await {
+        r.context("client write")?;
+    }
+    let stats = leader.store.stats();
+    assert!(stats.fsyncs > 0 && stats.entries_synced >= 1200, "{stats:?}");
+    // Openraft checks the snapshot policy on commit; build one now that
+    // covers everything, so its log can be purged past 1024 entries.
+    leader.raft.trigger().snapshot().await?;
+    eventually("the leader to snapshot and purge its log", || {
+        let raft = leader.raft.clone();
+        async move {
+            let m = raft.metrics().borrow().clone();
+            m.snapshot.is_some_and(|s| s.index >= 1200) && m.purged.is_some_and(|p| p.index >= 1024)
+        }
+    })
+    .await?;
+
+    let late = start_member(2).await?;
+    leader.raft.add_learner(2, BasicNode::new(late.node.advertise_addr()), true).await.context("add learner")?;
+    let (store, want_seq, want_hash) = (late.node.store.clone(), leader.store.last_seq(), leader.store.last_hash());
+    eventually("the late member to install the snapshot", || {
+        let (store, h) = (store.clone(), want_hash.clone());
+        async move { store.last_seq() == want_seq && store.last_hash() == h }
+    })
+    .await?;
+    assert_eq!(store.events(1, None, 0, &Default::default())?.len() as u64, want_seq, "it has the full history");
+    assert_eq!(store.view(), leader.store.view());
+    assert!(late.node.raft.metrics().borrow().snapshot.is_some(), "it caught up through a snapshot");
+
+    leader.shutdown().await?;
+    late.node.shutdown().await?;
+    server.abort();
+    late.server.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarts_with_its_history() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let opts = LogOptions { data_dir: dir.path().join("data"), ..LogOptions::default() };
+    let (seq, hash) = {
+        let node = LogNode::open(opts.clone()).await?;
+        node.initialize_single().await?;
+        for n in 1..=5 {
+            node.raft.client_write(intent(n)).await?;
+        }
+        let r = (node.store.last_seq(), node.store.last_hash());
+        node.shutdown().await?;
+        r
+    };
+    let node = LogNode::open(opts).await.context("reopen")?;
+    node.initialize_single().await?;
+    assert_eq!((node.store.last_seq(), node.store.last_hash()), (seq, hash));
+    eventually("the member to lead again", || {
+        let raft = node.raft.clone();
+        async move { raft.current_leader().await == Some(1) }
+    })
+    .await?;
+    let dup = node.raft.client_write(intent(3)).await?;
+    assert!(dup.data.duplicate, "dedup survives a restart");
+    let next = node.raft.client_write(intent(6)).await?;
+    assert_eq!(next.data.events[0].seq, seq + 1);
+    node.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_raft_service_rejects_bad_bytes() -> anyhow::Result<()> {
+    use claw_proto::raft::raft_server::Raft;
+    use claw_proto::raft::RaftPayload;
+
+    let dir = tempfile::tempdir()?;
+    let node = LogNode::open(LogOptions { data_dir: dir.path().join("data"), ..LogOptions::default() }).await?;
+    let service = claw_log::RaftRpcService::new(node.raft.clone());
+    let bad = tonic::Request::new(RaftPayload { data: b"not json".to_vec(), error: Vec::new() });
+    let status = service.append_entries(bad).await.expect_err("garbage is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("AppendEntriesRequest"), "{}", status.message());
+    node.shutdown().await?;
+    Ok(())
+}
