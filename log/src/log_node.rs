@@ -50,7 +50,8 @@ impl LogNode {
             election_timeout_max: opts.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: opts.max_in_snapshot_log_to_keep,
-            purge_batch_size: 1024,
+            // Purge in batches, but never wait for more entries than a snapshot spans.
+            purge_batch_size: opts.snapshot_logs_since_last.clamp(1, 1024),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             ..Default::default()
         }
