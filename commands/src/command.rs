@@ -33,20 +33,61 @@ impl std::fmt::Display for ProposalAction {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
-    SubmitWorkload { workload_id: String, spec: WorkloadSpec },
+    SubmitWorkload {
+        workload_id: String,
+        spec: WorkloadSpec,
+    },
     /// `workload` is an id or the name of an active workload.
-    CancelWorkload { workload: String, reason: String },
-    RequestNodeDrain { node: String, reason: String },
-    StateIntent { text: String },
-    CreateProposal { proposal_id: String, action: ProposalAction, basis_seq: u64, reason: String },
-    ApproveProposal { proposal_id: String, comment: String },
-    RejectProposal { proposal_id: String, reason: String },
-    RegisterNode { node: String, capabilities: NodeCapabilities },
-    Heartbeat { node: String },
-    ObserveGpuMetrics { node: String, samples: Vec<GpuSample> },
-    ReportWorkloadStarted { workload_id: String, node: String },
-    ReportWorkloadExited { workload_id: String, node: String, exit_code: i32 },
-    RecordMemberAdded { member_id: u64, addr: String, voter: bool },
+    CancelWorkload {
+        workload: String,
+        reason: String,
+    },
+    RequestNodeDrain {
+        node: String,
+        reason: String,
+    },
+    StateIntent {
+        text: String,
+    },
+    CreateProposal {
+        proposal_id: String,
+        action: ProposalAction,
+        basis_seq: u64,
+        reason: String,
+    },
+    ApproveProposal {
+        proposal_id: String,
+        comment: String,
+    },
+    RejectProposal {
+        proposal_id: String,
+        reason: String,
+    },
+    RegisterNode {
+        node: String,
+        capabilities: NodeCapabilities,
+    },
+    Heartbeat {
+        node: String,
+    },
+    ObserveGpuMetrics {
+        node: String,
+        samples: Vec<GpuSample>,
+    },
+    ReportWorkloadStarted {
+        workload_id: String,
+        node: String,
+    },
+    ReportWorkloadExited {
+        workload_id: String,
+        node: String,
+        exit_code: i32,
+    },
+    RecordMemberAdded {
+        member_id: u64,
+        addr: String,
+        voter: bool,
+    },
 }
 
 impl Command {

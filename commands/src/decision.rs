@@ -2,7 +2,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{validate_name, Command, CommandEnvelope, Event, ProposalAction, ProposalStatus, Rejection, WorkloadStatus};
+use crate::{
+    validate_name, Command, CommandEnvelope, Event, ProposalAction, ProposalStatus, Rejection, WorkloadStatus,
+};
 
 /// What the rules need to know about a workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,7 +102,9 @@ fn action_events(action: &ProposalAction, reason: &str) -> Event {
         ProposalAction::CancelWorkload { workload_id } => {
             Event::WorkloadCancelRequested { workload_id: workload_id.clone(), reason: reason.to_string() }
         }
-        ProposalAction::DrainNode { node } => Event::NodeDrainRequested { node: node.clone(), reason: reason.to_string() },
+        ProposalAction::DrainNode { node } => {
+            Event::NodeDrainRequested { node: node.clone(), reason: reason.to_string() }
+        }
     }
 }
 
@@ -254,7 +258,11 @@ pub fn decide(state: &DecisionState, env: &CommandEnvelope) -> Result<Vec<Event>
                     w.status.as_str()
                 )));
             }
-            Ok(vec![Event::WorkloadExited { workload_id: workload_id.clone(), node: node.clone(), exit_code: *exit_code }])
+            Ok(vec![Event::WorkloadExited {
+                workload_id: workload_id.clone(),
+                node: node.clone(),
+                exit_code: *exit_code,
+            }])
         }
         Command::RecordMemberAdded { member_id, addr, voter } => {
             if addr.is_empty() {

@@ -37,7 +37,11 @@ impl std::str::FromStr for ActorKind {
             "reasoner" => ActorKind::Reasoner,
             "market" => ActorKind::Market,
             "system" => ActorKind::System,
-            other => return Err(format!("unknown actor kind {other:?} (expected user, node, scheduler, reasoner, market or system)")),
+            other => {
+                return Err(format!(
+                    "unknown actor kind {other:?} (expected user, node, scheduler, reasoner, market or system)"
+                ))
+            }
         })
     }
 }

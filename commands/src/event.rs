@@ -35,23 +35,71 @@ pub struct GpuSample {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
 pub enum Event {
-    WorkloadSubmitted { workload_id: String, spec: WorkloadSpec },
-    WorkloadCancelRequested { workload_id: String, reason: String },
-    NodeDrainRequested { node: String, reason: String },
-    IntentStated { text: String },
-    ProposalCreated { proposal_id: String, action: ProposalAction, basis_seq: u64, reason: String },
-    ProposalApproved { proposal_id: String, comment: String },
-    ProposalRejected { proposal_id: String, reason: String },
+    WorkloadSubmitted {
+        workload_id: String,
+        spec: WorkloadSpec,
+    },
+    WorkloadCancelRequested {
+        workload_id: String,
+        reason: String,
+    },
+    NodeDrainRequested {
+        node: String,
+        reason: String,
+    },
+    IntentStated {
+        text: String,
+    },
+    ProposalCreated {
+        proposal_id: String,
+        action: ProposalAction,
+        basis_seq: u64,
+        reason: String,
+    },
+    ProposalApproved {
+        proposal_id: String,
+        comment: String,
+    },
+    ProposalRejected {
+        proposal_id: String,
+        reason: String,
+    },
     /// The state the proposal was made against changed before it was approved.
-    ProposalSuperseded { proposal_id: String, reason: String, changed_seq: u64 },
-    NodeRegistered { node: String, capabilities: NodeCapabilities },
-    NodeHeartbeat { node: String },
-    GpuMetricsObserved { node: String, samples: Vec<GpuSample> },
-    WorkloadStarted { workload_id: String, node: String },
-    WorkloadExited { workload_id: String, node: String, exit_code: i32 },
+    ProposalSuperseded {
+        proposal_id: String,
+        reason: String,
+        changed_seq: u64,
+    },
+    NodeRegistered {
+        node: String,
+        capabilities: NodeCapabilities,
+    },
+    NodeHeartbeat {
+        node: String,
+    },
+    GpuMetricsObserved {
+        node: String,
+        samples: Vec<GpuSample>,
+    },
+    WorkloadStarted {
+        workload_id: String,
+        node: String,
+    },
+    WorkloadExited {
+        workload_id: String,
+        node: String,
+        exit_code: i32,
+    },
     /// A command that `decide` refused, kept so the audit trail shows denied attempts.
-    CommandRejected { command_kind: String, rejection: Rejection },
-    MemberAdded { member_id: u64, addr: String, voter: bool },
+    CommandRejected {
+        command_kind: String,
+        rejection: Rejection,
+    },
+    MemberAdded {
+        member_id: u64,
+        addr: String,
+        voter: bool,
+    },
 }
 
 impl Event {

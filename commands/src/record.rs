@@ -46,7 +46,17 @@ impl EventRecord {
         event: Event,
         prev_hash: String,
     ) -> Self {
-        let mut r = EventRecord { seq, raft_index, time_ms, actor, command_id, correlation_id, event, prev_hash, hash: String::new() };
+        let mut r = EventRecord {
+            seq,
+            raft_index,
+            time_ms,
+            actor,
+            command_id,
+            correlation_id,
+            event,
+            prev_hash,
+            hash: String::new(),
+        };
         r.hash = r.compute_hash();
         r
     }

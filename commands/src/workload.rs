@@ -32,7 +32,9 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), Rejection> {
     if !ok || name.starts_with('-') {
         return Err(Rejection::invalid(
             field,
-            format!("{name:?} may only contain lowercase letters, digits, '-', '_' and '.', and must not start with '-'"),
+            format!(
+                "{name:?} may only contain lowercase letters, digits, '-', '_' and '.', and must not start with '-'"
+            ),
         ));
     }
     Ok(())
@@ -86,7 +88,10 @@ pub enum WorkloadStatus {
 
 impl WorkloadStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, WorkloadStatus::Succeeded | WorkloadStatus::Failed | WorkloadStatus::Cancelled | WorkloadStatus::Lost)
+        matches!(
+            self,
+            WorkloadStatus::Succeeded | WorkloadStatus::Failed | WorkloadStatus::Cancelled | WorkloadStatus::Lost
+        )
     }
     pub fn as_str(self) -> &'static str {
         match self {

@@ -141,7 +141,9 @@ impl ClawApi {
     /// command id, and the basis of a proposal.
     fn complete(&self, command: &mut Command, command_id: &str) {
         match command {
-            Command::SubmitWorkload { workload_id, .. } if workload_id.is_empty() => *workload_id = derive_id("w", command_id),
+            Command::SubmitWorkload { workload_id, .. } if workload_id.is_empty() => {
+                *workload_id = derive_id("w", command_id)
+            }
             Command::CreateProposal { proposal_id, basis_seq, .. } => {
                 if proposal_id.is_empty() {
                     *proposal_id = derive_id("p", command_id);
@@ -166,17 +168,18 @@ impl ClawApi {
     }
 
     /// Appends a command on behalf of the cluster itself (e.g. membership records).
-    pub async fn propose_system(&self, actor: Actor, command: Command, command_id: String) -> Result<ApplyResponse, Status> {
-        let env = CommandEnvelope {
-            correlation_id: command_id.clone(),
-            command_id,
-            actor,
-            time_ms: now_ms(),
-            command,
-        };
+    pub async fn propose_system(
+        &self,
+        actor: Actor,
+        command: Command,
+        command_id: String,
+    ) -> Result<ApplyResponse, Status> {
+        let env = CommandEnvelope { correlation_id: command_id.clone(), command_id, actor, time_ms: now_ms(), command };
         match self.propose(env).await {
             Ok((r, _)) => Ok(r),
-            Err(ProposeError::NotLeader(l)) => Err(unavailable("leadership moved; retry".into(), self.leader_addr(l).as_deref())),
+            Err(ProposeError::NotLeader(l)) => {
+                Err(unavailable("leadership moved; retry".into(), self.leader_addr(l).as_deref()))
+            }
             Err(ProposeError::Other(s)) => Err(s),
         }
     }
@@ -188,13 +191,14 @@ enum ProposeError {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-fn submit_response(r: ApplyResponse, raft_index: u64, object_id: String) -> Result<Response<v1::SubmitResponse>, Status> {
+fn submit_response(
+    r: ApplyResponse,
+    raft_index: u64,
+    object_id: String,
+) -> Result<Response<v1::SubmitResponse>, Status> {
     if let Some(rej) = &r.rejection {
         return Err(rejection_status(rej, r.events.first().map(|e| e.seq)));
     }
@@ -248,7 +252,11 @@ impl Claw for ClawApi {
                         command_id: msg.command_id.clone(),
                         actor: actor.clone(),
                         time_ms: now_ms(),
-                        correlation_id: if msg.correlation_id.is_empty() { msg.command_id.clone() } else { msg.correlation_id.clone() },
+                        correlation_id: if msg.correlation_id.is_empty() {
+                            msg.command_id.clone()
+                        } else {
+                            msg.correlation_id.clone()
+                        },
                         command: command.clone(),
                     };
                     match self.propose(env).await {
@@ -287,14 +295,14 @@ impl Claw for ClawApi {
         });
         match json {
             Some(j) => Ok(Response::new(v1::GetObjectResponse { json: j?, as_of_seq: seq })),
-            None => Err(Status::not_found(format!(
-                "{} \"{}\" not found (see: clawctl {} list)",
-                r.kind, r.id, r.kind
-            ))),
+            None => Err(Status::not_found(format!("{} \"{}\" not found (see: clawctl {} list)", r.kind, r.id, r.kind))),
         }
     }
 
-    async fn list_objects(&self, req: Request<v1::ListObjectsRequest>) -> Result<Response<v1::ListObjectsResponse>, Status> {
+    async fn list_objects(
+        &self,
+        req: Request<v1::ListObjectsRequest>,
+    ) -> Result<Response<v1::ListObjectsResponse>, Status> {
         if let Route::Leader(addr) = self.read_route(req.metadata(), req.get_ref().consistency).await? {
             let md = req.metadata().clone();
             return self.forward.client(&addr)?.list_objects(Forwarder::request(&md, req.into_inner())).await;
@@ -315,7 +323,10 @@ impl Claw for ClawApi {
         Ok(Response::new(v1::ListObjectsResponse { items_json: items?, as_of_seq: seq }))
     }
 
-    async fn list_events(&self, req: Request<v1::ListEventsRequest>) -> Result<Response<v1::ListEventsResponse>, Status> {
+    async fn list_events(
+        &self,
+        req: Request<v1::ListEventsRequest>,
+    ) -> Result<Response<v1::ListEventsResponse>, Status> {
         if let Route::Leader(addr) = self.read_route(req.metadata(), req.get_ref().consistency).await? {
             let md = req.metadata().clone();
             return self.forward.client(&addr)?.list_events(Forwarder::request(&md, req.into_inner())).await;
@@ -363,14 +374,13 @@ impl Claw for ClawApi {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn cluster_status(&self, _req: Request<v1::ClusterStatusRequest>) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+    async fn cluster_status(
+        &self,
+        _req: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
         let m = self.node.raft.metrics().borrow().clone();
-        let committed = self
-            .node
-            .raft
-            .with_raft_state(|s| s.committed.map(|l| l.index).unwrap_or(0))
-            .await
-            .unwrap_or(0);
+        let committed =
+            self.node.raft.with_raft_state(|s| s.committed.map(|l| l.index).unwrap_or(0)).await.unwrap_or(0);
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let members = membership
@@ -412,7 +422,8 @@ impl Claw for ClawApi {
         if r.id == 0 {
             return Err(Status::invalid_argument("id: member ids start at 1"));
         }
-        let valid_addr = r.addr.rsplit_once(':').map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()).unwrap_or(false);
+        let valid_addr =
+            r.addr.rsplit_once(':').map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()).unwrap_or(false);
         if !valid_addr {
             return Err(Status::invalid_argument(format!("addr: {:?} must be host:port", r.addr)));
         }
@@ -431,7 +442,8 @@ impl Claw for ClawApi {
                 .await
                 .map_err(|e| Status::failed_precondition(format!("promoting member {} to voter failed: {e}", r.id)))?;
         }
-        let command = Command::RecordMemberAdded { member_id: r.id, addr: r.addr.clone(), voter: r.voter || already_voter };
+        let command =
+            Command::RecordMemberAdded { member_id: r.id, addr: r.addr.clone(), voter: r.voter || already_voter };
         let command_id = format!("member-{}-{}-{}", r.id, if r.voter { "voter" } else { "learner" }, now_ms());
         self.propose_system(actor, command, command_id).await?;
         let status = self.cluster_status(Request::new(v1::ClusterStatusRequest {})).await?.into_inner();

@@ -175,9 +175,9 @@ impl Options {
         if self.id == 0 {
             return Err(Error::Config("id: must be at least 1".into()));
         }
-        self.listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|e| Error::Config(format!("listen: {:?} is not an address like 127.0.0.1:7400: {e}", self.listen)))?;
+        self.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+            Error::Config(format!("listen: {:?} is not an address like 127.0.0.1:7400: {e}", self.listen))
+        })?;
         let adv = self.advertise_addr();
         if !adv.contains(':') || adv.starts_with(':') {
             return Err(Error::Config(format!("advertise: {adv:?} must be host:port")));
@@ -186,7 +186,10 @@ impl Options {
             return Err(Error::Config(format!("log.format: {:?} must be \"text\" or \"json\"", self.log.format)));
         }
         let r = &self.raft;
-        if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms || r.election_timeout_max_ms <= r.election_timeout_min_ms {
+        if r.heartbeat_ms == 0
+            || r.election_timeout_min_ms <= r.heartbeat_ms
+            || r.election_timeout_max_ms <= r.election_timeout_min_ms
+        {
             return Err(Error::Config(format!(
                 "raft: need 0 < heartbeat_ms ({}) < election_timeout_min_ms ({}) < election_timeout_max_ms ({})",
                 r.heartbeat_ms, r.election_timeout_min_ms, r.election_timeout_max_ms
@@ -232,7 +235,8 @@ mod tests {
         std::fs::write(&file, "idd = 2\n").unwrap();
         let err = Options::load(&Flags { config: Some(file), ..Default::default() }, &env_of(&[])).unwrap_err();
         assert!(err.to_string().contains("idd"), "{err}");
-        let err = Options::load(&Flags { listen: Some("nope".into()), ..Default::default() }, &env_of(&[])).unwrap_err();
+        let err =
+            Options::load(&Flags { listen: Some("nope".into()), ..Default::default() }, &env_of(&[])).unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
     }
 

@@ -1,7 +1,8 @@
 use std::collections::BTreeMap;
 
 use claw_commands::{
-    Actor, Event, EventRecord, GpuSample, NodeCapabilities, ProposalAction, ProposalStatus, WorkloadSpec, WorkloadStatus,
+    Actor, Event, EventRecord, GpuSample, NodeCapabilities, ProposalAction, ProposalStatus, WorkloadSpec,
+    WorkloadStatus,
 };
 use serde::{Deserialize, Serialize};
 

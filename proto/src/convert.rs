@@ -47,7 +47,9 @@ impl TryFrom<v1::ProposalAction> for ProposalAction {
     type Error = ConversionError;
     fn try_from(p: v1::ProposalAction) -> Result<Self> {
         match p.action {
-            Some(v1::proposal_action::Action::CancelWorkload(workload_id)) => Ok(ProposalAction::CancelWorkload { workload_id }),
+            Some(v1::proposal_action::Action::CancelWorkload(workload_id)) => {
+                Ok(ProposalAction::CancelWorkload { workload_id })
+            }
             Some(v1::proposal_action::Action::DrainNode(node)) => Ok(ProposalAction::DrainNode { node }),
             None => Err(ConversionError::Missing("create_proposal.action")),
         }
@@ -125,7 +127,9 @@ pub fn command_from_pb(cmd: Option<submit_request::Command>) -> Result<Command> 
             },
         },
         C::Heartbeat(h) => Command::Heartbeat { node: h.node },
-        C::ObserveGpuMetrics(m) => Command::ObserveGpuMetrics { node: m.node, samples: m.samples.into_iter().map(Into::into).collect() },
+        C::ObserveGpuMetrics(m) => {
+            Command::ObserveGpuMetrics { node: m.node, samples: m.samples.into_iter().map(Into::into).collect() }
+        }
         C::ReportWorkloadStarted(s) => Command::ReportWorkloadStarted { workload_id: s.workload_id, node: s.node },
         C::ReportWorkloadExited(e) => {
             Command::ReportWorkloadExited { workload_id: e.workload_id, node: e.node, exit_code: e.exit_code }

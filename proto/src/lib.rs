@@ -20,5 +20,5 @@ pub mod raft {
 /// The encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("claw_descriptor");
 
-pub use convert::{command_from_pb, event_to_pb, event_from_pb};
+pub use convert::{command_from_pb, event_from_pb, event_to_pb};
 pub use error::{ConversionError, Result};

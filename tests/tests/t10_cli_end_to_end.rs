@@ -20,7 +20,11 @@ impl Ctl {
             .args(args)
             .output()
             .context("running clawctl")?;
-        Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        ))
     }
 
     fn ok(&self, args: &[&str]) -> Result<String> {
@@ -53,8 +57,20 @@ async fn a_user_submits_lists_cancels_and_reads_history() -> Result<()> {
     ensure!(status.to_lowercase().contains("leader"), "status output: {status}");
 
     let out = ctl.ok(&[
-        "workload", "submit", "--name", "train-1", "--image", "busybox", "--gpus", "2", "--gpu-model", "H100", "--", "sh",
-        "-c", "echo hi",
+        "workload",
+        "submit",
+        "--name",
+        "train-1",
+        "--image",
+        "busybox",
+        "--gpus",
+        "2",
+        "--gpu-model",
+        "H100",
+        "--",
+        "sh",
+        "-c",
+        "echo hi",
     ])?;
     ensure!(out.contains("submitted"), "submit output: {out}");
 

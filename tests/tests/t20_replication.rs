@@ -71,7 +71,7 @@ async fn leader_killed_under_writes_loses_no_acknowledged_write() -> Result<()> 
                 let id = format!("w{w}-{n}");
                 // Retry the same command id: idempotency makes this exactly-once.
                 for attempt in 0..40u64 {
-                    let addr = &addrs[((w + attempt as usize) % addrs.len())];
+                    let addr = &addrs[(w + attempt as usize) % addrs.len()];
                     let Ok(mut cl) = connect(addr).await else { continue };
                     if cl.submit(intent("load", &id)).await.is_ok() {
                         acked.lock().unwrap().insert(id.clone());

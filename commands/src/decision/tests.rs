@@ -4,7 +4,13 @@ use super::*;
 use crate::{Actor, GpuInfo, NodeCapabilities, WorkloadSpec};
 
 fn env(id: &str, command: Command) -> CommandEnvelope {
-    CommandEnvelope { command_id: id.into(), actor: Actor::user("alice"), time_ms: 1, correlation_id: id.into(), command }
+    CommandEnvelope {
+        command_id: id.into(),
+        actor: Actor::user("alice"),
+        time_ms: 1,
+        correlation_id: id.into(),
+        command,
+    }
 }
 
 /// Applies a command like the state machine does, returning the events.
@@ -18,14 +24,21 @@ fn run(state: &mut DecisionState, id: &str, command: Command) -> Result<Vec<Even
 }
 
 fn spec(name: &str) -> WorkloadSpec {
-    WorkloadSpec { name: name.into(), image: "busybox".into(), gpus: 2, gpu_model: Some("H100".into()), ..Default::default() }
+    WorkloadSpec {
+        name: name.into(),
+        image: "busybox".into(),
+        gpus: 2,
+        gpu_model: Some("H100".into()),
+        ..Default::default()
+    }
 }
 
 #[test]
 fn submit_then_duplicate_name_is_refused_until_finished() {
     let mut s = DecisionState::default();
     run(&mut s, "c1", Command::SubmitWorkload { workload_id: "w-1".into(), spec: spec("train-1") }).unwrap();
-    let err = run(&mut s, "c2", Command::SubmitWorkload { workload_id: "w-2".into(), spec: spec("train-1") }).unwrap_err();
+    let err =
+        run(&mut s, "c2", Command::SubmitWorkload { workload_id: "w-2".into(), spec: spec("train-1") }).unwrap_err();
     assert!(matches!(err, Rejection::FailedPrecondition { .. }), "{err:?}");
     run(&mut s, "c3", Command::CancelWorkload { workload: "train-1".into(), reason: "no".into() }).unwrap();
     assert_eq!(s.workloads["w-1"].status, WorkloadStatus::Cancelled);
@@ -39,7 +52,8 @@ fn invalid_spec_names_the_field() {
     bad.image = String::new();
     let err = decide(&s, &env("c", Command::SubmitWorkload { workload_id: "w".into(), spec: bad })).unwrap_err();
     assert_eq!(err, Rejection::invalid("spec.image", "must not be empty"));
-    let err = decide(&s, &env("c", Command::SubmitWorkload { workload_id: "w".into(), spec: spec("Bad Name") })).unwrap_err();
+    let err =
+        decide(&s, &env("c", Command::SubmitWorkload { workload_id: "w".into(), spec: spec("Bad Name") })).unwrap_err();
     assert!(matches!(err, Rejection::InvalidArgument { ref field, .. } if field == "spec.name"), "{err:?}");
 }
 
@@ -47,19 +61,36 @@ fn invalid_spec_names_the_field() {
 fn approving_a_stale_proposal_supersedes_it_and_approving_twice_is_refused() {
     let mut s = DecisionState::default();
     run(&mut s, "c1", Command::SubmitWorkload { workload_id: "w-1".into(), spec: spec("a") }).unwrap();
-    let node = NodeCapabilities { gpus: vec![GpuInfo { uuid: "GPU-1".into(), ..Default::default() }], ..Default::default() };
+    let node =
+        NodeCapabilities { gpus: vec![GpuInfo { uuid: "GPU-1".into(), ..Default::default() }], ..Default::default() };
     run(&mut s, "c2", Command::RegisterNode { node: "n1".into(), capabilities: node }).unwrap();
     let basis = s.last_seq;
     let action = ProposalAction::DrainNode { node: "n1".into() };
-    run(&mut s, "c3", Command::CreateProposal { proposal_id: "p1".into(), action: action.clone(), basis_seq: basis, reason: "r".into() }).unwrap();
-    run(&mut s, "c4", Command::CreateProposal { proposal_id: "p2".into(), action, basis_seq: basis, reason: "r".into() }).unwrap();
+    run(
+        &mut s,
+        "c3",
+        Command::CreateProposal {
+            proposal_id: "p1".into(),
+            action: action.clone(),
+            basis_seq: basis,
+            reason: "r".into(),
+        },
+    )
+    .unwrap();
+    run(
+        &mut s,
+        "c4",
+        Command::CreateProposal { proposal_id: "p2".into(), action, basis_seq: basis, reason: "r".into() },
+    )
+    .unwrap();
 
     let ev = run(&mut s, "c5", Command::ApproveProposal { proposal_id: "p1".into(), comment: "ok".into() }).unwrap();
     assert_eq!(ev[0].kind(), "ProposalApproved");
     assert_eq!(ev[1].kind(), "NodeDrainRequested");
     assert!(s.nodes["n1"].draining);
 
-    let err = run(&mut s, "c6", Command::ApproveProposal { proposal_id: "p1".into(), comment: "again".into() }).unwrap_err();
+    let err =
+        run(&mut s, "c6", Command::ApproveProposal { proposal_id: "p1".into(), comment: "again".into() }).unwrap_err();
     assert_eq!(err, Rejection::precondition("proposal \"p1\" is already Approved"));
 
     // p2 was made against the same basis, but the node changed since.
@@ -72,13 +103,16 @@ fn approving_a_stale_proposal_supersedes_it_and_approving_twice_is_refused() {
 fn lifecycle_reports_must_match_the_node() {
     let mut s = DecisionState::default();
     run(&mut s, "c1", Command::SubmitWorkload { workload_id: "w-1".into(), spec: spec("a") }).unwrap();
-    let err = run(&mut s, "c2", Command::ReportWorkloadStarted { workload_id: "w-1".into(), node: "ghost".into() }).unwrap_err();
+    let err = run(&mut s, "c2", Command::ReportWorkloadStarted { workload_id: "w-1".into(), node: "ghost".into() })
+        .unwrap_err();
     assert_eq!(err, Rejection::not_found("node", "ghost"));
     run(&mut s, "c3", Command::RegisterNode { node: "n1".into(), capabilities: Default::default() }).unwrap();
     run(&mut s, "c4", Command::ReportWorkloadStarted { workload_id: "w-1".into(), node: "n1".into() }).unwrap();
-    let err = run(&mut s, "c5", Command::ReportWorkloadExited { workload_id: "w-1".into(), node: "n2".into(), exit_code: 0 });
+    let err =
+        run(&mut s, "c5", Command::ReportWorkloadExited { workload_id: "w-1".into(), node: "n2".into(), exit_code: 0 });
     assert!(err.is_err());
-    run(&mut s, "c6", Command::ReportWorkloadExited { workload_id: "w-1".into(), node: "n1".into(), exit_code: 3 }).unwrap();
+    run(&mut s, "c6", Command::ReportWorkloadExited { workload_id: "w-1".into(), node: "n1".into(), exit_code: 3 })
+        .unwrap();
     assert_eq!(s.workloads["w-1"].status, WorkloadStatus::Failed);
 }
 
@@ -87,9 +121,8 @@ fn arb_text() -> impl Strategy<Value = String> {
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {
-    let spec = (arb_text(), arb_text(), any::<u32>(), proptest::option::of(arb_text())).prop_map(|(name, image, gpus, gpu_model)| {
-        WorkloadSpec { name, image, gpus, gpu_model, ..Default::default() }
-    });
+    let spec = (arb_text(), arb_text(), any::<u32>(), proptest::option::of(arb_text()))
+        .prop_map(|(name, image, gpus, gpu_model)| WorkloadSpec { name, image, gpus, gpu_model, ..Default::default() });
     let action = prop_oneof![
         arb_text().prop_map(|workload_id| ProposalAction::CancelWorkload { workload_id }),
         arb_text().prop_map(|node| ProposalAction::DrainNode { node }),
@@ -99,14 +132,16 @@ fn arb_command() -> impl Strategy<Value = Command> {
         (arb_text(), arb_text()).prop_map(|(workload, reason)| Command::CancelWorkload { workload, reason }),
         (arb_text(), arb_text()).prop_map(|(node, reason)| Command::RequestNodeDrain { node, reason }),
         arb_text().prop_map(|text| Command::StateIntent { text }),
-        (arb_text(), action, any::<u64>(), arb_text())
-            .prop_map(|(proposal_id, action, basis_seq, reason)| Command::CreateProposal { proposal_id, action, basis_seq: basis_seq % 64, reason }),
+        (arb_text(), action, any::<u64>(), arb_text()).prop_map(|(proposal_id, action, basis_seq, reason)| {
+            Command::CreateProposal { proposal_id, action, basis_seq: basis_seq % 64, reason }
+        }),
         (arb_text(), arb_text()).prop_map(|(proposal_id, comment)| Command::ApproveProposal { proposal_id, comment }),
         (arb_text(), arb_text()).prop_map(|(proposal_id, reason)| Command::RejectProposal { proposal_id, reason }),
         arb_text().prop_map(|node| Command::RegisterNode { node, capabilities: Default::default() }),
         arb_text().prop_map(|node| Command::Heartbeat { node }),
         (arb_text(), arb_text()).prop_map(|(workload_id, node)| Command::ReportWorkloadStarted { workload_id, node }),
-        (arb_text(), arb_text(), any::<i32>()).prop_map(|(workload_id, node, exit_code)| Command::ReportWorkloadExited { workload_id, node, exit_code }),
+        (arb_text(), arb_text(), any::<i32>())
+            .prop_map(|(workload_id, node, exit_code)| Command::ReportWorkloadExited { workload_id, node, exit_code }),
     ]
 }
 
