@@ -6,8 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clawbernetes/target}"
-cargo build --release --bin clawd --bin clawctl >&2
-BIN="$CARGO_TARGET_DIR/release"
+# BIN may point at prebuilt binaries; otherwise build them.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --bin clawd --bin clawctl >&2
+  BIN="$CARGO_TARGET_DIR/release"
+fi
 DUR="${1:-10}"
 CLIENTS="${2:-1 16 64}"
 WORK=$(mktemp -d)

@@ -29,6 +29,9 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 pub enum BenchCommand {
     /// Append StateIntent events as fast as N clients can get them committed.
     Append(AppendArgs),
+    /// Register simulated nodes, submit workloads and measure placements/s
+    /// and submit→placed latency.
+    Schedule(crate::bench_schedule::ScheduleArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -158,7 +161,10 @@ impl BenchReport {
 }
 
 pub async fn run(target: &Target, format: Format, command: BenchCommand) -> Result<()> {
-    let BenchCommand::Append(args) = command;
+    let args = match command {
+        BenchCommand::Append(args) => args,
+        BenchCommand::Schedule(args) => return crate::bench_schedule::run(target, format, args).await,
+    };
     args.validate()?;
     let channels = args.clients.div_ceil(CLIENTS_PER_CHANNEL);
     let mut clients = Vec::with_capacity(channels);
@@ -307,12 +313,15 @@ mod tests {
         }
         let cli =
             Cli::try_parse_from(["bench", "append", "--clients", "64", "--duration", "30", "--warmup", "2s"]).unwrap();
-        let BenchCommand::Append(a) = cli.command;
+        let BenchCommand::Append(a) = cli.command else { panic!("not append") };
         assert_eq!(
             (a.clients, a.duration, a.warmup, a.payload_bytes),
             (64, Duration::from_secs(30), Duration::from_secs(2), 256)
         );
         assert!(Cli::try_parse_from(["bench", "append", "--duration", "soon"]).is_err());
+        let cli = Cli::try_parse_from(["bench", "schedule", "--nodes", "5000", "--workloads", "10000"]).unwrap();
+        let BenchCommand::Schedule(s) = cli.command else { panic!("not schedule") };
+        assert_eq!((s.nodes, s.workloads, s.gpus_per_node), (5000, 10000, 8));
     }
 
     #[tokio::test]

@@ -319,7 +319,22 @@ pub fn summary(event: &Event) -> String {
             format!("{node} samples={} util={util:.0}%", samples.len())
         }
         Event::WorkloadStarted { workload_id, node } => format!("{workload_id} on {node}"),
-        Event::WorkloadExited { workload_id, node, exit_code } => format!("{workload_id} on {node} exit={exit_code}"),
+        Event::WorkloadExited { workload_id, node, exit_code, oom_killed } => {
+            format!("{workload_id} on {node} exit={exit_code}{}", if *oom_killed { " oom_killed" } else { "" })
+        }
+        Event::WorkloadPlaced { workload_id, node, gpu_uuids, placement } => {
+            format!("{workload_id} on {node} gpus={} {}", gpu_uuids.len(), placement.strategy)
+        }
+        Event::WorkloadUnschedulable { workload_id, placement } => format!("{workload_id}: {}", placement.summary),
+        Event::WorkloadLogChunk { workload_id, node, stream, data } => {
+            format!("{workload_id} on {node} {stream} {}B {}", data.len(), quote(data.trim_end()))
+        }
+        Event::NodeNotReady { node, reason } => with_reason(node.clone(), "reason", reason),
+        Event::WorkloadLost { workload_id, node, reason, requeued } => with_reason(
+            format!("{workload_id} on {node} {}", if *requeued { "requeued" } else { "lost" }),
+            "reason",
+            reason,
+        ),
         Event::CommandRejected { command_kind, rejection } => format!("{command_kind}: {rejection}"),
         Event::MemberAdded { member_id, addr, voter } => {
             format!("member {member_id} {addr} {}", if *voter { "voter" } else { "learner" })

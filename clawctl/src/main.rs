@@ -4,8 +4,10 @@
 //! stored event the server returns.
 
 mod bench;
+mod bench_schedule;
 mod client;
 mod events;
+mod explain;
 mod member;
 mod node;
 mod output;

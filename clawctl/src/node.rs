@@ -49,21 +49,23 @@ pub async fn run(client: &Client, format: Format, command: NodeCommand) -> Resul
 }
 
 fn state(n: &NodeRow) -> &'static str {
-    if n.draining {
-        "Draining"
-    } else {
-        "Ready"
+    match (n.ready, n.draining) {
+        (false, true) => "NotReady,Draining",
+        (false, false) => "NotReady",
+        (true, true) => "Ready,Draining",
+        (true, false) => "Ready",
     }
 }
 
 pub fn list_table(rows: &[NodeRow], now_ms: i64) -> String {
-    let mut table = Table::new(["NAME", "STATE", "GPUS", "CPUS", "MEMORY", "DRIVER", "LAST SEEN"]);
+    let mut table = Table::new(["NAME", "STATE", "GPUS", "ALLOCATED", "CPUS", "MEMORY", "DRIVER", "LAST SEEN"]);
     for n in rows {
         let caps = &n.capabilities;
         table.row([
             n.name.clone(),
             state(n).to_string(),
             gpu_text(caps),
+            format!("{}/{}", n.allocated_gpus.len(), caps.gpus.len()),
             caps.cpus.to_string(),
             format!("{} MB", caps.memory_mb),
             or_dash(caps.driver_version.as_deref()),
@@ -83,6 +85,7 @@ pub fn detail(n: &NodeRow, now_ms: i64) -> String {
     let mut out = key_values(&[
         ("name", n.name.clone()),
         ("state", state(n).to_string()),
+        ("not ready", or_dash(n.not_ready_reason.as_deref())),
         ("drain", drain),
         ("cpus", caps.cpus.to_string()),
         ("memory", format!("{} MB", caps.memory_mb)),
@@ -95,12 +98,18 @@ pub fn detail(n: &NodeRow, now_ms: i64) -> String {
             format!("{} ({} ago)", time_ms(n.last_heartbeat_ms), output::age(n.last_heartbeat_ms, now_ms)),
         ),
         ("changed seq", n.changed_seq.to_string()),
-        ("gpus", caps.gpus.len().to_string()),
+        ("gpus", format!("{} ({} allocated)", caps.gpus.len(), n.allocated_gpus.len())),
     ]);
     if !caps.gpus.is_empty() {
-        let mut table = Table::new(["INDEX", "MODEL", "MEMORY", "UUID"]);
+        let mut table = Table::new(["INDEX", "MODEL", "MEMORY", "UUID", "WORKLOAD"]);
         for g in &caps.gpus {
-            table.row([g.index.to_string(), g.model.clone(), format!("{} MB", g.memory_mb), g.uuid.clone()]);
+            table.row([
+                g.index.to_string(),
+                g.model.clone(),
+                format!("{} MB", g.memory_mb),
+                g.uuid.clone(),
+                or_dash(n.allocated_gpus.get(&g.uuid)),
+            ]);
         }
         out.push('\n');
         out.push_str(&table.render());
@@ -129,6 +138,9 @@ mod tests {
             registered_ms: 0,
             last_heartbeat_ms: 1_000,
             changed_seq: 9,
+            ready: true,
+            not_ready_reason: None,
+            allocated_gpus: [("GPU-1".to_string(), "w-1".to_string())].into(),
         }
     }
 
@@ -136,8 +148,8 @@ mod tests {
     fn list_summarises_gpus() {
         assert_eq!(
             list_table(&[node()], 11_000),
-            "NAME   STATE     GPUS    CPUS  MEMORY     DRIVER  LAST SEEN\n\
-             gpu-a  Draining  2xH100  64    512000 MB  550.54  10s\n"
+            "NAME   STATE           GPUS    ALLOCATED  CPUS  MEMORY     DRIVER  LAST SEEN\n\
+             gpu-a  Ready,Draining  2xH100  1/2        64    512000 MB  550.54  10s\n"
         );
     }
 
@@ -145,6 +157,6 @@ mod tests {
     fn get_lists_each_gpu() {
         let out = detail(&node(), 11_000);
         assert!(out.contains("drain:          draining: ecc\n"), "{out}");
-        assert!(out.contains("1      H100   81559 MB  GPU-1\n"), "{out}");
+        assert!(out.contains("1      H100   81559 MB  GPU-1  w-1\n"), "{out}");
     }
 }

@@ -19,6 +19,19 @@ pub enum WorkloadCommand {
         /// Workload id, or the name of its most recent submission.
         workload: String,
     },
+    /// Why the scheduler put the workload where it is, or why it is still pending.
+    Explain {
+        /// Workload id or name.
+        workload: String,
+    },
+    /// Print the workload's output as its node agent reported it.
+    Logs {
+        /// Workload id or name.
+        workload: String,
+        /// Keep printing new output until the workload exits.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Ask for a workload to be cancelled.
     Cancel {
         /// Workload id or name.
@@ -51,6 +64,9 @@ pub struct SubmitArgs {
     /// Label (repeatable).
     #[arg(long = "label", value_name = "K=V", value_parser = parse_key_value)]
     pub labels: Vec<(String, String)>,
+    /// Node label the workload requires (repeatable).
+    #[arg(long = "node-selector", value_name = "K=V", value_parser = parse_key_value)]
+    pub node_selector: Vec<(String, String)>,
     /// Scheduling priority; higher goes first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
@@ -88,6 +104,7 @@ impl SubmitArgs {
             min_gpu_memory_mb: self.min_gpu_memory_mb,
             labels: self.labels.iter().cloned().collect(),
             priority: self.priority,
+            node_selector: self.node_selector.iter().cloned().collect(),
         };
         Command::SubmitWorkload(v1::SubmitWorkload {
             spec: Some(spec),
@@ -118,6 +135,10 @@ pub async fn run(client: &Client, format: Format, command: WorkloadCommand) -> R
                 Format::Table => emit(&detail(&row)),
                 other => emit(&output::render_value(other, &row)?),
             }
+        }
+        WorkloadCommand::Explain { workload } => crate::explain::explain(format, &find(client, &workload).await?),
+        WorkloadCommand::Logs { workload, follow } => {
+            crate::explain::logs(client, format, &find(client, &workload).await?, follow).await
         }
         WorkloadCommand::Cancel { workload, reason } => {
             let command = Command::CancelWorkload(v1::CancelWorkload { workload, reason });
@@ -321,6 +342,11 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             changed_seq: seq,
+            gpu_uuids: vec![],
+            placement: None,
+            unschedulable: None,
+            oom_killed: false,
+            lost_count: 0,
         }
     }
 

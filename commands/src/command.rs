@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{GpuSample, NodeCapabilities, WorkloadSpec};
+use crate::{GpuSample, NodeCapabilities, Placement, WorkloadSpec};
 
 /// The action a proposal asks to take once approved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,11 +82,39 @@ pub enum Command {
         workload_id: String,
         node: String,
         exit_code: i32,
+        #[serde(default)]
+        oom_killed: bool,
     },
     RecordMemberAdded {
         member_id: u64,
         addr: String,
         voter: bool,
+    },
+    /// Proposed by the scheduler in `clawd` only; `decide` re-checks every
+    /// constraint against the state at apply time.
+    PlaceWorkload {
+        workload_id: String,
+        node: String,
+        gpu_uuids: Vec<String>,
+        placement: Placement,
+    },
+    /// Proposed by the scheduler in `clawd` only.
+    RecordUnschedulable {
+        workload_id: String,
+        placement: Placement,
+    },
+    ReportWorkloadLogs {
+        workload_id: String,
+        node: String,
+        stream: String,
+        data: String,
+    },
+    /// Proposed by `clawd`'s node monitor only.
+    MarkNodeNotReady {
+        node: String,
+        reason: String,
+        /// Put the node's workloads back to Pending instead of marking them Lost.
+        requeue: bool,
     },
 }
 
@@ -106,6 +134,10 @@ impl Command {
             Command::ReportWorkloadStarted { .. } => "ReportWorkloadStarted",
             Command::ReportWorkloadExited { .. } => "ReportWorkloadExited",
             Command::RecordMemberAdded { .. } => "RecordMemberAdded",
+            Command::PlaceWorkload { .. } => "PlaceWorkload",
+            Command::RecordUnschedulable { .. } => "RecordUnschedulable",
+            Command::ReportWorkloadLogs { .. } => "ReportWorkloadLogs",
+            Command::MarkNodeNotReady { .. } => "MarkNodeNotReady",
         }
     }
 }

@@ -3,8 +3,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    validate_name, Command, CommandEnvelope, Event, ProposalAction, ProposalStatus, Rejection, WorkloadStatus,
+    validate_name, Command, CommandEnvelope, Event, GpuInfo, NodeCapabilities, ProposalAction, ProposalStatus,
+    Rejection, WorkloadSpec, WorkloadStatus,
 };
+
+/// Largest `data` of one `ReportWorkloadLogs` command.
+pub const MAX_LOG_CHUNK_BYTES: usize = 64 * 1024;
 
 /// What the rules need to know about a workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,6 +19,21 @@ pub struct WorkloadDecision {
     pub cancel_requested: bool,
     /// Seq of the last event that changed this workload's decision-relevant state.
     pub changed_seq: u64,
+    #[serde(default)]
+    pub spec: WorkloadSpec,
+    /// The GPUs it holds while Placed or Running (empty otherwise).
+    #[serde(default)]
+    pub gpu_uuids: Vec<String>,
+    /// Seq of its `WorkloadSubmitted`, the queue order among equal priorities.
+    #[serde(default)]
+    pub submitted_seq: u64,
+    /// Summary of the last recorded `WorkloadUnschedulable`, cleared once placed.
+    #[serde(default)]
+    pub unschedulable: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +41,39 @@ pub struct NodeDecision {
     pub draining: bool,
     pub gpus: u32,
     pub changed_seq: u64,
+    #[serde(default)]
+    pub capabilities: NodeCapabilities,
+    /// False after `NodeNotReady` until the node heartbeats or registers again.
+    #[serde(default = "yes")]
+    pub ready: bool,
+    /// Envelope time of the last registration, heartbeat or metrics report.
+    #[serde(default)]
+    pub last_heartbeat_ms: i64,
+    /// GPU uuid → workload id, for this node's GPUs that are held.
+    #[serde(default)]
+    pub allocated: BTreeMap<String, String>,
+}
+
+impl NodeDecision {
+    pub fn new(capabilities: NodeCapabilities, changed_seq: u64, time_ms: i64) -> NodeDecision {
+        NodeDecision {
+            draining: false,
+            gpus: capabilities.gpus.len() as u32,
+            changed_seq,
+            capabilities,
+            ready: true,
+            last_heartbeat_ms: time_ms,
+            allocated: BTreeMap::new(),
+        }
+    }
+
+    /// The node's GPUs that are not held by any workload, in index order.
+    pub fn free_gpus(&self) -> impl Iterator<Item = &GpuInfo> {
+        let mut gpus: Vec<&GpuInfo> =
+            self.capabilities.gpus.iter().filter(|g| !self.allocated.contains_key(&g.uuid)).collect();
+        gpus.sort_by(|a, b| a.index.cmp(&b.index).then_with(|| a.uuid.cmp(&b.uuid)));
+        gpus.into_iter()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +95,11 @@ pub struct DecisionState {
     pub nodes: BTreeMap<String, NodeDecision>,
     pub proposals: BTreeMap<String, ProposalDecision>,
     pub members: BTreeMap<u64, String>,
+    /// GPU uuid → workload id, for every GPU held by a Placed or Running
+    /// workload. A uuid is in here at most once, so no GPU is ever assigned
+    /// twice.
+    #[serde(default)]
+    pub gpu_allocations: BTreeMap<String, String>,
 }
 
 impl DecisionState {
@@ -235,26 +292,28 @@ pub fn decide(state: &DecisionState, env: &CommandEnvelope) -> Result<Vec<Event>
         Command::ReportWorkloadStarted { workload_id, node } => {
             require_node(state, node)?;
             let w = state.workloads.get(workload_id).ok_or_else(|| Rejection::not_found("workload", workload_id))?;
-            if !matches!(w.status, WorkloadStatus::Pending | WorkloadStatus::Placed) {
+            if w.status != WorkloadStatus::Placed {
                 return Err(Rejection::precondition(format!(
-                    "workload \"{workload_id}\" is {}, it cannot start",
+                    "workload \"{workload_id}\" is {}, only a Placed workload can start",
                     w.status.as_str()
                 )));
             }
-            if let Some(assigned) = &w.node {
-                if assigned != node {
-                    return Err(Rejection::precondition(format!(
-                        "workload \"{workload_id}\" is placed on node \"{assigned}\", not \"{node}\""
-                    )));
-                }
+            if w.node.as_deref() != Some(node.as_str()) {
+                return Err(Rejection::precondition(format!(
+                    "workload \"{workload_id}\" is placed on node \"{}\", not \"{node}\"",
+                    w.node.as_deref().unwrap_or("-")
+                )));
             }
             Ok(vec![Event::WorkloadStarted { workload_id: workload_id.clone(), node: node.clone() }])
         }
-        Command::ReportWorkloadExited { workload_id, node, exit_code } => {
+        Command::ReportWorkloadExited { workload_id, node, exit_code, oom_killed } => {
             let w = state.workloads.get(workload_id).ok_or_else(|| Rejection::not_found("workload", workload_id))?;
-            if w.status != WorkloadStatus::Running || w.node.as_deref() != Some(node.as_str()) {
+            // A Placed workload may exit without having started (image pull or
+            // container creation failed), so the agent reports that as an exit too.
+            let live = matches!(w.status, WorkloadStatus::Placed | WorkloadStatus::Running);
+            if !live || w.node.as_deref() != Some(node.as_str()) {
                 return Err(Rejection::precondition(format!(
-                    "workload \"{workload_id}\" is not running on node \"{node}\" (it is {})",
+                    "workload \"{workload_id}\" is not placed or running on node \"{node}\" (it is {})",
                     w.status.as_str()
                 )));
             }
@@ -262,6 +321,7 @@ pub fn decide(state: &DecisionState, env: &CommandEnvelope) -> Result<Vec<Event>
                 workload_id: workload_id.clone(),
                 node: node.clone(),
                 exit_code: *exit_code,
+                oom_killed: *oom_killed,
             }])
         }
         Command::RecordMemberAdded { member_id, addr, voter } => {
@@ -270,7 +330,137 @@ pub fn decide(state: &DecisionState, env: &CommandEnvelope) -> Result<Vec<Event>
             }
             Ok(vec![Event::MemberAdded { member_id: *member_id, addr: addr.clone(), voter: *voter }])
         }
+        Command::PlaceWorkload { workload_id, node, gpu_uuids, placement } => {
+            check_placement(state, workload_id, node, gpu_uuids)?;
+            Ok(vec![Event::WorkloadPlaced {
+                workload_id: workload_id.clone(),
+                node: node.clone(),
+                gpu_uuids: gpu_uuids.clone(),
+                placement: placement.clone(),
+            }])
+        }
+        Command::RecordUnschedulable { workload_id, placement } => {
+            let w = state.workloads.get(workload_id).ok_or_else(|| Rejection::not_found("workload", workload_id))?;
+            if w.status != WorkloadStatus::Pending {
+                return Err(Rejection::precondition(format!(
+                    "workload \"{workload_id}\" is {}, not Pending",
+                    w.status.as_str()
+                )));
+            }
+            // The same reason again is no news: nothing is appended.
+            if w.unschedulable.as_deref() == Some(placement.summary.as_str()) {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::WorkloadUnschedulable { workload_id: workload_id.clone(), placement: placement.clone() }])
+        }
+        Command::ReportWorkloadLogs { workload_id, node, stream, data } => {
+            if !matches!(stream.as_str(), "stdout" | "stderr") {
+                return Err(Rejection::invalid("stream", format!("{stream:?} is not \"stdout\" or \"stderr\"")));
+            }
+            require_text("data", data, MAX_LOG_CHUNK_BYTES)?;
+            require_node(state, node)?;
+            let w = state.workloads.get(workload_id).ok_or_else(|| Rejection::not_found("workload", workload_id))?;
+            if w.node.as_deref() != Some(node.as_str()) {
+                return Err(Rejection::precondition(format!(
+                    "workload \"{workload_id}\" is not assigned to node \"{node}\""
+                )));
+            }
+            Ok(vec![Event::WorkloadLogChunk {
+                workload_id: workload_id.clone(),
+                node: node.clone(),
+                stream: stream.clone(),
+                data: data.clone(),
+            }])
+        }
+        Command::MarkNodeNotReady { node, reason, requeue } => {
+            require_text("reason", reason, 4096)?;
+            let n = require_node(state, node)?;
+            if !n.ready {
+                return Err(Rejection::precondition(format!("node \"{node}\" is already not ready")));
+            }
+            let mut events = vec![Event::NodeNotReady { node: node.clone(), reason: reason.clone() }];
+            for (id, w) in &state.workloads {
+                let live = matches!(w.status, WorkloadStatus::Placed | WorkloadStatus::Running);
+                if live && w.node.as_deref() == Some(node.as_str()) {
+                    events.push(Event::WorkloadLost {
+                        workload_id: id.clone(),
+                        node: node.clone(),
+                        reason: reason.clone(),
+                        // A workload being cancelled ends here rather than run again.
+                        requeued: *requeue && !w.cancel_requested,
+                    });
+                }
+            }
+            Ok(events)
+        }
     }
+}
+
+/// Everything a placement must satisfy at the moment it is applied. The
+/// scheduler computed it against an older state, possibly on another
+/// leader, so nothing it saw is trusted.
+fn check_placement(
+    state: &DecisionState,
+    workload_id: &str,
+    node: &str,
+    gpu_uuids: &[String],
+) -> Result<(), Rejection> {
+    let w = state.workloads.get(workload_id).ok_or_else(|| Rejection::not_found("workload", workload_id))?;
+    if w.status != WorkloadStatus::Pending {
+        return Err(Rejection::precondition(format!(
+            "workload \"{workload_id}\" is {}, not Pending",
+            w.status.as_str()
+        )));
+    }
+    let n = require_node(state, node)?;
+    if !n.ready {
+        return Err(Rejection::precondition(format!("node \"{node}\" is not ready")));
+    }
+    if n.draining {
+        return Err(Rejection::precondition(format!("node \"{node}\" is draining")));
+    }
+    let spec = &w.spec;
+    if gpu_uuids.len() != spec.gpus as usize {
+        return Err(Rejection::invalid(
+            "gpu_uuids",
+            format!("holds {} GPUs, workload \"{workload_id}\" needs {}", gpu_uuids.len(), spec.gpus),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for uuid in gpu_uuids {
+        if !seen.insert(uuid) {
+            return Err(Rejection::invalid("gpu_uuids", format!("GPU {uuid} is listed twice")));
+        }
+        let gpu = n
+            .capabilities
+            .gpus
+            .iter()
+            .find(|g| &g.uuid == uuid)
+            .ok_or_else(|| Rejection::precondition(format!("GPU {uuid} is not a GPU of node \"{node}\"")))?;
+        if let Some(holder) = state.gpu_allocations.get(uuid) {
+            return Err(Rejection::precondition(format!("GPU {uuid} is already held by workload \"{holder}\"")));
+        }
+        if let Some(model) = &spec.gpu_model {
+            if &gpu.model != model {
+                return Err(Rejection::precondition(format!(
+                    "GPU {uuid} is a {}, the workload needs {model}",
+                    gpu.model
+                )));
+            }
+        }
+        if gpu.memory_mb < spec.min_gpu_memory_mb {
+            return Err(Rejection::precondition(format!(
+                "GPU {uuid} has {} MB, the workload needs at least {} MB",
+                gpu.memory_mb, spec.min_gpu_memory_mb
+            )));
+        }
+    }
+    for (k, v) in &spec.node_selector {
+        if n.capabilities.labels.get(k) != Some(v) {
+            return Err(Rejection::precondition(format!("node \"{node}\" does not carry the label {k}={v}")));
+        }
+    }
+    Ok(())
 }
 
 fn open_proposal<'a>(state: &'a DecisionState, id: &str) -> Result<&'a ProposalDecision, Rejection> {
@@ -281,8 +471,10 @@ fn open_proposal<'a>(state: &'a DecisionState, id: &str) -> Result<&'a ProposalD
     Ok(p)
 }
 
-/// Folds one event (with the seq it was stored under) into the state.
-pub fn evolve(state: &mut DecisionState, seq: u64, event: &Event) {
+/// Folds one event (with the seq it was stored under and its envelope's
+/// time) into the state. The time is the leader's clock stamped at propose
+/// time, so replay reads no clock.
+pub fn evolve(state: &mut DecisionState, seq: u64, time_ms: i64, event: &Event) {
     state.last_seq = seq;
     match event {
         Event::WorkloadSubmitted { workload_id, spec } => {
@@ -294,6 +486,10 @@ pub fn evolve(state: &mut DecisionState, seq: u64, event: &Event) {
                     node: None,
                     cancel_requested: false,
                     changed_seq: seq,
+                    spec: spec.clone(),
+                    gpu_uuids: Vec::new(),
+                    submitted_seq: seq,
+                    unschedulable: None,
                 },
             );
             state.active_names.insert(spec.name.clone(), workload_id.clone());
@@ -302,10 +498,16 @@ pub fn evolve(state: &mut DecisionState, seq: u64, event: &Event) {
             if let Some(w) = state.workloads.get_mut(workload_id) {
                 w.cancel_requested = true;
                 w.changed_seq = seq;
-                // Nothing runs yet for a pending workload, so it ends here.
-                if w.status == WorkloadStatus::Pending {
+                // Nothing runs yet for a Pending workload, so it ends here. A
+                // Placed one ends here too and frees its GPUs at once: the node
+                // agent watches WorkloadCancelRequested and stops the container
+                // if it already created one (its later Started or Exited report
+                // is then refused, which it may ignore). A Running one stays
+                // Running until the agent reports the exit.
+                if matches!(w.status, WorkloadStatus::Pending | WorkloadStatus::Placed) {
                     w.status = WorkloadStatus::Cancelled;
                     state.active_names.remove(&w.name);
+                    release_gpus(&mut state.gpu_allocations, &mut state.nodes, w);
                 }
             }
         }
@@ -327,14 +529,79 @@ pub fn evolve(state: &mut DecisionState, seq: u64, event: &Event) {
                 };
                 w.changed_seq = seq;
                 state.active_names.remove(&w.name);
+                release_gpus(&mut state.gpu_allocations, &mut state.nodes, w);
             }
         }
-        Event::NodeRegistered { node, capabilities } => {
-            let draining = state.nodes.get(node).map(|n| n.draining).unwrap_or(false);
-            state.nodes.insert(
-                node.clone(),
-                NodeDecision { draining, gpus: capabilities.gpus.len() as u32, changed_seq: seq },
-            );
+        Event::WorkloadPlaced { workload_id, node, gpu_uuids, .. } => {
+            if let Some(w) = state.workloads.get_mut(workload_id) {
+                w.status = WorkloadStatus::Placed;
+                w.node = Some(node.clone());
+                w.gpu_uuids = gpu_uuids.clone();
+                w.unschedulable = None;
+                w.changed_seq = seq;
+                let n = state.nodes.get_mut(node);
+                for uuid in gpu_uuids {
+                    state.gpu_allocations.insert(uuid.clone(), workload_id.clone());
+                }
+                if let Some(n) = n {
+                    for uuid in gpu_uuids {
+                        n.allocated.insert(uuid.clone(), workload_id.clone());
+                    }
+                }
+            }
+        }
+        Event::WorkloadUnschedulable { workload_id, placement } => {
+            if let Some(w) = state.workloads.get_mut(workload_id) {
+                w.unschedulable = Some(placement.summary.clone());
+            }
+        }
+        Event::WorkloadLost { workload_id, requeued, .. } => {
+            if let Some(w) = state.workloads.get_mut(workload_id) {
+                release_gpus(&mut state.gpu_allocations, &mut state.nodes, w);
+                w.changed_seq = seq;
+                if *requeued {
+                    w.status = WorkloadStatus::Pending;
+                    w.node = None;
+                    w.unschedulable = None;
+                } else {
+                    w.status = if w.cancel_requested { WorkloadStatus::Cancelled } else { WorkloadStatus::Lost };
+                    state.active_names.remove(&w.name);
+                }
+            }
+        }
+        Event::NodeNotReady { node, .. } => {
+            if let Some(n) = state.nodes.get_mut(node) {
+                n.ready = false;
+                n.changed_seq = seq;
+            }
+        }
+        Event::NodeRegistered { node, capabilities } => match state.nodes.get_mut(node) {
+            // Re-registration (an agent restart) keeps the drain flag and the
+            // allocations of workloads it still runs.
+            Some(n) => {
+                n.gpus = capabilities.gpus.len() as u32;
+                n.capabilities = capabilities.clone();
+                n.ready = true;
+                n.last_heartbeat_ms = time_ms;
+                n.changed_seq = seq;
+            }
+            None => {
+                state.nodes.insert(node.clone(), NodeDecision::new(capabilities.clone(), seq, time_ms));
+            }
+        },
+        Event::NodeHeartbeat { node } => {
+            if let Some(n) = state.nodes.get_mut(node) {
+                n.last_heartbeat_ms = time_ms;
+                if !n.ready {
+                    n.ready = true;
+                    n.changed_seq = seq;
+                }
+            }
+        }
+        Event::GpuMetricsObserved { node, .. } => {
+            if let Some(n) = state.nodes.get_mut(node) {
+                n.last_heartbeat_ms = time_ms;
+            }
         }
         Event::NodeDrainRequested { node, .. } => {
             if let Some(n) = state.nodes.get_mut(node) {
@@ -354,10 +621,25 @@ pub fn evolve(state: &mut DecisionState, seq: u64, event: &Event) {
         Event::MemberAdded { member_id, addr, .. } => {
             state.members.insert(*member_id, addr.clone());
         }
-        Event::IntentStated { .. }
-        | Event::NodeHeartbeat { .. }
-        | Event::GpuMetricsObserved { .. }
-        | Event::CommandRejected { .. } => {}
+        Event::IntentStated { .. } | Event::CommandRejected { .. } | Event::WorkloadLogChunk { .. } => {}
+    }
+}
+
+/// Frees the GPUs a workload holds, in the global map and on its node.
+fn release_gpus(
+    allocations: &mut BTreeMap<String, String>,
+    nodes: &mut BTreeMap<String, NodeDecision>,
+    w: &mut WorkloadDecision,
+) {
+    let node = w.node.as_ref().and_then(|n| nodes.get_mut(n));
+    let gpus = std::mem::take(&mut w.gpu_uuids);
+    if let Some(n) = node {
+        for uuid in &gpus {
+            n.allocated.remove(uuid);
+        }
+    }
+    for uuid in &gpus {
+        allocations.remove(uuid);
     }
 }
 

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{ProposalAction, Rejection, WorkloadSpec};
+use crate::{Placement, ProposalAction, Rejection, WorkloadSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct GpuInfo {
@@ -89,6 +89,9 @@ pub enum Event {
         workload_id: String,
         node: String,
         exit_code: i32,
+        /// The kernel's OOM killer ended the container.
+        #[serde(default)]
+        oom_killed: bool,
     },
     /// A command that `decide` refused, kept so the audit trail shows denied attempts.
     CommandRejected {
@@ -99,6 +102,42 @@ pub enum Event {
         member_id: u64,
         addr: String,
         voter: bool,
+    },
+    /// The scheduler assigned the workload to `node` and these GPUs; the
+    /// node agent starts it.
+    WorkloadPlaced {
+        workload_id: String,
+        node: String,
+        gpu_uuids: Vec<String>,
+        placement: Placement,
+    },
+    /// No node fits the workload; recorded when the reason changes, not on
+    /// every scheduler pass.
+    WorkloadUnschedulable {
+        workload_id: String,
+        placement: Placement,
+    },
+    /// A piece of a workload's output, as the node agent read it.
+    WorkloadLogChunk {
+        workload_id: String,
+        node: String,
+        /// `"stdout"` or `"stderr"`.
+        stream: String,
+        data: String,
+    },
+    /// The node stopped answering (or was declared gone); nothing new is
+    /// placed on it until it heartbeats again.
+    NodeNotReady {
+        node: String,
+        reason: String,
+    },
+    /// A workload placed on or running on a node that became not ready.
+    /// `requeued`: it went back to Pending (GPUs freed); otherwise it is Lost.
+    WorkloadLost {
+        workload_id: String,
+        node: String,
+        reason: String,
+        requeued: bool,
     },
 }
 
@@ -119,6 +158,11 @@ impl Event {
         "WorkloadExited",
         "CommandRejected",
         "MemberAdded",
+        "WorkloadPlaced",
+        "WorkloadUnschedulable",
+        "WorkloadLogChunk",
+        "NodeNotReady",
+        "WorkloadLost",
     ];
 
     pub fn kind(&self) -> &'static str {
@@ -138,6 +182,11 @@ impl Event {
             Event::WorkloadExited { .. } => "WorkloadExited",
             Event::CommandRejected { .. } => "CommandRejected",
             Event::MemberAdded { .. } => "MemberAdded",
+            Event::WorkloadPlaced { .. } => "WorkloadPlaced",
+            Event::WorkloadUnschedulable { .. } => "WorkloadUnschedulable",
+            Event::WorkloadLogChunk { .. } => "WorkloadLogChunk",
+            Event::NodeNotReady { .. } => "NodeNotReady",
+            Event::WorkloadLost { .. } => "WorkloadLost",
         }
     }
 
@@ -147,7 +196,11 @@ impl Event {
             Event::WorkloadSubmitted { workload_id, .. }
             | Event::WorkloadCancelRequested { workload_id, .. }
             | Event::WorkloadStarted { workload_id, .. }
-            | Event::WorkloadExited { workload_id, .. } => Some(workload_id),
+            | Event::WorkloadExited { workload_id, .. }
+            | Event::WorkloadPlaced { workload_id, .. }
+            | Event::WorkloadUnschedulable { workload_id, .. }
+            | Event::WorkloadLogChunk { workload_id, .. }
+            | Event::WorkloadLost { workload_id, .. } => Some(workload_id),
             Event::ProposalCreated { action: ProposalAction::CancelWorkload { workload_id }, .. } => Some(workload_id),
             _ => None,
         }
@@ -161,9 +214,37 @@ impl Event {
             | Event::NodeHeartbeat { node }
             | Event::GpuMetricsObserved { node, .. }
             | Event::WorkloadStarted { node, .. }
-            | Event::WorkloadExited { node, .. } => Some(node),
+            | Event::WorkloadExited { node, .. }
+            | Event::WorkloadPlaced { node, .. }
+            | Event::WorkloadLogChunk { node, .. }
+            | Event::NodeNotReady { node, .. }
+            | Event::WorkloadLost { node, .. } => Some(node),
             Event::ProposalCreated { action: ProposalAction::DrainNode { node }, .. } => Some(node),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_lists_every_variant_once() {
+        let mut kinds = Event::KINDS.to_vec();
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), Event::KINDS.len());
+        let lost =
+            Event::WorkloadLost { workload_id: "w".into(), node: "n".into(), reason: "r".into(), requeued: true };
+        assert!(Event::KINDS.contains(&lost.kind()));
+        assert_eq!((lost.node(), lost.workload_id()), (Some("n"), Some("w")));
+    }
+
+    #[test]
+    fn old_exit_records_still_decode() {
+        let json = r#"{"kind":"WorkloadExited","workload_id":"w","node":"n","exit_code":0}"#;
+        let e: Event = serde_json::from_str(json).unwrap();
+        assert!(matches!(e, Event::WorkloadExited { oom_killed: false, .. }));
     }
 }

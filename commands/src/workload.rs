@@ -16,6 +16,9 @@ pub struct WorkloadSpec {
     pub min_gpu_memory_mb: u64,
     pub labels: BTreeMap<String, String>,
     pub priority: i32,
+    /// Labels a node must carry (in `NodeCapabilities::labels`) to run this workload.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
 }
 
 pub const MAX_GPUS_PER_WORKLOAD: u32 = 1024;
@@ -68,6 +71,11 @@ impl WorkloadSpec {
         for k in self.labels.keys() {
             if k.is_empty() {
                 return Err(Rejection::invalid("spec.labels", "label keys must not be empty"));
+            }
+        }
+        for k in self.node_selector.keys() {
+            if k.is_empty() {
+                return Err(Rejection::invalid("spec.node_selector", "label keys must not be empty"));
             }
         }
         Ok(())

@@ -190,7 +190,8 @@ enum ProposeError {
     Other(Status),
 }
 
-fn now_ms() -> i64 {
+/// The leader's wall clock, milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 

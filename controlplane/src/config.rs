@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{Error, Result, SchedulerOptions};
 
 /// Raft timing and snapshot settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +63,7 @@ pub struct Options {
     pub join: bool,
     pub log: LogFormatOptions,
     pub raft: RaftOptions,
+    pub scheduler: SchedulerOptions,
 }
 
 impl Default for Options {
@@ -75,6 +76,7 @@ impl Default for Options {
             join: false,
             log: LogFormatOptions::default(),
             raft: RaftOptions::default(),
+            scheduler: SchedulerOptions::default(),
         }
     }
 }
@@ -135,6 +137,9 @@ impl Options {
         env_parse(env, "CLAW_RAFT_ELECTION_TIMEOUT_MAX_MS", &mut o.raft.election_timeout_max_ms)?;
         env_parse(env, "CLAW_RAFT_SNAPSHOT_LOGS_SINCE_LAST", &mut o.raft.snapshot_logs_since_last)?;
         env_parse(env, "CLAW_RAFT_MAX_IN_SNAPSHOT_LOG_TO_KEEP", &mut o.raft.max_in_snapshot_log_to_keep)?;
+        env_parse(env, "CLAW_SCHEDULER_STRATEGY", &mut o.scheduler.strategy)?;
+        env_parse(env, "CLAW_SCHEDULER_NODE_TIMEOUT_MS", &mut o.scheduler.node_timeout_ms)?;
+        env_parse(env, "CLAW_SCHEDULER_INTERVAL_MS", &mut o.scheduler.interval_ms)?;
 
         if let Some(v) = flags.id {
             o.id = v;
@@ -198,6 +203,13 @@ impl Options {
         if r.snapshot_logs_since_last == 0 {
             return Err(Error::Config("raft.snapshot_logs_since_last: must be at least 1".into()));
         }
+        let s = &self.scheduler;
+        if s.interval_ms == 0 || s.node_timeout_ms == 0 {
+            return Err(Error::Config(format!(
+                "scheduler: interval_ms ({}) and node_timeout_ms ({}) must be at least 1",
+                s.interval_ms, s.node_timeout_ms
+            )));
+        }
         Ok(())
     }
 }
@@ -224,6 +236,22 @@ mod tests {
         assert_eq!(o.listen, "127.0.0.1:7600", "flag beats env");
         assert_eq!(o.raft.heartbeat_ms, 50, "file beats default");
         assert_eq!(o.raft.election_timeout_min_ms, 300, "default kept");
+    }
+
+    #[test]
+    fn scheduler_section_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("clawd.toml");
+        std::fs::write(&file, "[scheduler]\nstrategy = \"spread\"\nnode_timeout_ms = 5000\n").unwrap();
+        let flags = Flags { config: Some(file.clone()), ..Default::default() };
+        let o = Options::load(&flags, &env_of(&[("CLAW_SCHEDULER_INTERVAL_MS", "50")])).unwrap();
+        assert_eq!(o.scheduler.strategy, claw_commands::Strategy::Spread);
+        assert_eq!((o.scheduler.node_timeout_ms, o.scheduler.interval_ms), (5000, 50));
+        let err = Options::load(&flags, &env_of(&[("CLAW_SCHEDULER_STRATEGY", "random")])).unwrap_err();
+        assert!(err.to_string().contains("CLAW_SCHEDULER_STRATEGY") && err.to_string().contains("binpack"), "{err}");
+        std::fs::write(&file, "[scheduler]\nstrategy = \"best\"\n").unwrap();
+        let err = Options::load(&flags, &env_of(&[])).unwrap_err();
+        assert!(err.to_string().contains("best"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `clawd`, a Clawbernetes control-plane member: configuration, the
-//! `claw.v1` gRPC API (with forwarding to the leader), and the wiring of the
+//! `claw.v1` gRPC API (with forwarding to the leader), the scheduler loop
+//! (placement and node timeouts, on the leader only), and the wiring of the
 //! replicated log from `claw-log` into one gRPC server.
 //!
 //! It holds no domain rules (those are `claw-commands`) and no storage code
@@ -9,10 +10,12 @@ mod api;
 mod config;
 mod error;
 mod forward;
+mod scheduler;
 mod server;
 
 pub use api::{actor_from_request, ClawApi};
 pub use config::{Flags, LogFormatOptions, Options, RaftOptions};
 pub use error::{Error, Result};
 pub use forward::{ACTOR_KEY, LEADER_KEY};
+pub use scheduler::{plan_pass, Scheduler, SchedulerOptions};
 pub use server::Server;

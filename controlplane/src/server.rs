@@ -5,9 +5,9 @@ use std::time::Duration;
 use claw_commands::{Actor, Command};
 use claw_log::{LogNode, LogOptions};
 use claw_proto::v1::claw_server::ClawServer;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::ClawApi;
 use crate::{Error, Options, Result};
@@ -19,6 +19,8 @@ pub struct Server {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     serve: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    stop_scheduler: watch::Sender<bool>,
+    scheduler: JoinHandle<()>,
 }
 
 impl Server {
@@ -60,16 +62,21 @@ impl Server {
             .add_service(node.raft_service())
             .add_service(health_service)
             .add_service(reflection);
-        let serve = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        // The builder's tcp_nodelay only covers listeners tonic binds itself;
+        // without it, Nagle holds the trailers of every reply for a delayed ACK (~40 ms).
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         }));
 
+        let (stop_scheduler, scheduler_stopped) = watch::channel(false);
+        let scheduler = tokio::spawn(opts.scheduler.clone().build(node.clone(), api.clone()).run(scheduler_stopped));
         if !opts.join {
             node.initialize_single().await?;
             tokio::spawn(record_first_member(node.clone(), api, opts.id, advertise.clone()));
         }
         tracing::info!(id = opts.id, listen = %addr, advertise = %advertise, data_dir = %opts.data_dir.display(), join = opts.join, "clawd started");
-        Ok(Server { node, addr, stop: Some(stop_tx), serve })
+        Ok(Server { node, addr, stop: Some(stop_tx), serve, stop_scheduler, scheduler })
     }
 
     /// Stops serving and shuts the Raft node down.
@@ -77,6 +84,8 @@ impl Server {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+        let _ = self.stop_scheduler.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.scheduler).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.serve).await;
         self.node.shutdown().await?;
         Ok(())

@@ -68,7 +68,7 @@ impl EventStore {
             last_hash = verify_chain(&last_hash, [&rec])
                 .map_err(|e| Error::Storage(format!("event history in {} is corrupt: {e}", db.path().display())))?;
             last_seq = rec.seq;
-            evolve(&mut decision, rec.seq, &rec.event);
+            evolve(&mut decision, rec.seq, rec.time_ms, &rec.event);
             view.apply(&rec);
             Ok(true)
         })?;

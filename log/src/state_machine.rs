@@ -118,7 +118,7 @@ impl StateMachine {
                         event,
                         last_hash,
                     );
-                    evolve(&mut live.decision, last_seq, &rec.event);
+                    evolve(&mut live.decision, last_seq, rec.time_ms, &rec.event);
                     last_hash = rec.hash.clone();
                     batch.put_cf(&events_cf, u64_key(last_seq), encode_json("event record", &rec)?);
                     records.push(rec);

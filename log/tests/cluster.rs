@@ -207,6 +207,12 @@ async fn a_member_restarts_with_its_history() -> anyhow::Result<()> {
     let (seq, hash) = {
         let node = LogNode::open(opts.clone()).await?;
         node.initialize_single().await?;
+        // Initialising starts an election; writes before it completes are refused.
+        eventually("the member to lead", || {
+            let raft = node.raft.clone();
+            async move { raft.current_leader().await == Some(1) }
+        })
+        .await?;
         for n in 1..=5 {
             node.raft.client_write(intent(n)).await?;
         }

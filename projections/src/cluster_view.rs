@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use claw_commands::{
-    Actor, Event, EventRecord, GpuSample, NodeCapabilities, ProposalAction, ProposalStatus, WorkloadSpec,
+    Actor, Event, EventRecord, GpuSample, NodeCapabilities, Placement, ProposalAction, ProposalStatus, WorkloadSpec,
     WorkloadStatus,
 };
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,18 @@ pub struct NodeRow {
     pub registered_ms: i64,
     pub last_heartbeat_ms: i64,
     pub changed_seq: u64,
+    /// False from `NodeNotReady` until the next heartbeat or registration.
+    #[serde(default = "yes")]
+    pub ready: bool,
+    #[serde(default)]
+    pub not_ready_reason: Option<String>,
+    /// GPU uuid → id of the workload holding it.
+    #[serde(default)]
+    pub allocated_gpus: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +64,20 @@ pub struct WorkloadRow {
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
     pub changed_seq: u64,
+    /// The GPUs it holds while Placed or Running.
+    #[serde(default)]
+    pub gpu_uuids: Vec<String>,
+    /// Why it went where it went (the last placement).
+    #[serde(default)]
+    pub placement: Option<Placement>,
+    /// Why it is still pending; cleared once it is placed.
+    #[serde(default)]
+    pub unschedulable: Option<Placement>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// How many times it was lost with its node.
+    #[serde(default)]
+    pub lost_count: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,6 +167,11 @@ impl ClusterView {
                         started_ms: None,
                         finished_ms: None,
                         changed_seq: seq,
+                        gpu_uuids: Vec::new(),
+                        placement: None,
+                        unschedulable: None,
+                        oom_killed: false,
+                        lost_count: 0,
                     },
                 );
             }
@@ -149,9 +180,12 @@ impl ClusterView {
                     w.cancel_requested = true;
                     w.cancel_reason = Some(reason.clone());
                     w.changed_seq = seq;
-                    if w.status == WorkloadStatus::Pending {
+                    // Mirrors `claw_commands::evolve`: a workload that is not
+                    // running yet ends here and frees its GPUs.
+                    if matches!(w.status, WorkloadStatus::Pending | WorkloadStatus::Placed) {
                         w.status = WorkloadStatus::Cancelled;
                         w.finished_ms = Some(t);
+                        release(&mut self.nodes, w);
                     }
                 }
             }
@@ -163,8 +197,10 @@ impl ClusterView {
                     w.changed_seq = seq;
                 }
             }
-            Event::WorkloadExited { workload_id, exit_code, .. } => {
+            Event::WorkloadExited { workload_id, exit_code, oom_killed, .. } => {
                 if let Some(w) = self.workloads.get_mut(workload_id) {
+                    release(&mut self.nodes, w);
+                    w.oom_killed = *oom_killed;
                     w.exit_code = Some(*exit_code);
                     w.finished_ms = Some(t);
                     w.changed_seq = seq;
@@ -181,6 +217,7 @@ impl ClusterView {
                 let prev = self.nodes.get(node);
                 let draining = prev.map(|n| n.draining).unwrap_or(false);
                 let drain_reason = prev.and_then(|n| n.drain_reason.clone());
+                let allocated_gpus = prev.map(|n| n.allocated_gpus.clone()).unwrap_or_default();
                 self.nodes.insert(
                     node.clone(),
                     NodeRow {
@@ -191,12 +228,63 @@ impl ClusterView {
                         registered_ms: t,
                         last_heartbeat_ms: t,
                         changed_seq: seq,
+                        ready: true,
+                        not_ready_reason: None,
+                        allocated_gpus,
                     },
                 );
             }
             Event::NodeHeartbeat { node } => {
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.last_heartbeat_ms = t;
+                    if !n.ready {
+                        n.ready = true;
+                        n.not_ready_reason = None;
+                        n.changed_seq = seq;
+                    }
+                }
+            }
+            Event::NodeNotReady { node, reason } => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.ready = false;
+                    n.not_ready_reason = Some(reason.clone());
+                    n.changed_seq = seq;
+                }
+            }
+            Event::WorkloadPlaced { workload_id, node, gpu_uuids, placement } => {
+                if let Some(w) = self.workloads.get_mut(workload_id) {
+                    w.status = WorkloadStatus::Placed;
+                    w.node = Some(node.clone());
+                    w.gpu_uuids = gpu_uuids.clone();
+                    w.placement = Some(placement.clone());
+                    w.unschedulable = None;
+                    w.changed_seq = seq;
+                    if let Some(n) = self.nodes.get_mut(node) {
+                        for uuid in gpu_uuids {
+                            n.allocated_gpus.insert(uuid.clone(), workload_id.clone());
+                        }
+                    }
+                }
+            }
+            Event::WorkloadUnschedulable { workload_id, placement } => {
+                if let Some(w) = self.workloads.get_mut(workload_id) {
+                    w.unschedulable = Some(placement.clone());
+                }
+            }
+            Event::WorkloadLost { workload_id, requeued, .. } => {
+                if let Some(w) = self.workloads.get_mut(workload_id) {
+                    release(&mut self.nodes, w);
+                    w.lost_count += 1;
+                    w.changed_seq = seq;
+                    if *requeued {
+                        w.status = WorkloadStatus::Pending;
+                        w.node = None;
+                        w.placement = None;
+                        w.started_ms = None;
+                    } else {
+                        w.status = if w.cancel_requested { WorkloadStatus::Cancelled } else { WorkloadStatus::Lost };
+                        w.finished_ms = Some(t);
+                    }
                 }
             }
             Event::GpuMetricsObserved { node, .. } => {
@@ -249,7 +337,7 @@ impl ClusterView {
                 row.addr = addr.clone();
                 row.voter = *voter;
             }
-            Event::IntentStated { .. } | Event::CommandRejected { .. } => {}
+            Event::IntentStated { .. } | Event::CommandRejected { .. } | Event::WorkloadLogChunk { .. } => {}
         }
     }
 
@@ -259,6 +347,16 @@ impl ClusterView {
             p.decided_by = Some(who(&rec.actor));
             p.decided_ms = Some(rec.time_ms);
             p.decision_note = Some(note.to_string());
+        }
+    }
+}
+
+/// Frees the GPUs a workload holds on its node's row.
+fn release(nodes: &mut BTreeMap<String, NodeRow>, w: &mut WorkloadRow) {
+    let gpus = std::mem::take(&mut w.gpu_uuids);
+    if let Some(n) = w.node.as_ref().and_then(|n| nodes.get_mut(n)) {
+        for uuid in &gpus {
+            n.allocated_gpus.remove(uuid);
         }
     }
 }

@@ -23,6 +23,7 @@ impl From<v1::WorkloadSpec> for WorkloadSpec {
             min_gpu_memory_mb: p.min_gpu_memory_mb,
             labels: p.labels.into_iter().collect(),
             priority: p.priority,
+            node_selector: p.node_selector.into_iter().collect(),
         }
     }
 }
@@ -39,6 +40,7 @@ impl From<WorkloadSpec> for v1::WorkloadSpec {
             min_gpu_memory_mb: d.min_gpu_memory_mb,
             labels: d.labels.into_iter().collect(),
             priority: d.priority,
+            node_selector: d.node_selector.into_iter().collect(),
         }
     }
 }
@@ -131,8 +133,14 @@ pub fn command_from_pb(cmd: Option<submit_request::Command>) -> Result<Command> 
             Command::ObserveGpuMetrics { node: m.node, samples: m.samples.into_iter().map(Into::into).collect() }
         }
         C::ReportWorkloadStarted(s) => Command::ReportWorkloadStarted { workload_id: s.workload_id, node: s.node },
-        C::ReportWorkloadExited(e) => {
-            Command::ReportWorkloadExited { workload_id: e.workload_id, node: e.node, exit_code: e.exit_code }
+        C::ReportWorkloadExited(e) => Command::ReportWorkloadExited {
+            workload_id: e.workload_id,
+            node: e.node,
+            exit_code: e.exit_code,
+            oom_killed: e.oom_killed,
+        },
+        C::ReportWorkloadLogs(l) => {
+            Command::ReportWorkloadLogs { workload_id: l.workload_id, node: l.node, stream: l.stream, data: l.data }
         }
     })
 }
@@ -173,9 +181,36 @@ mod tests {
             command: vec!["sh".into(), "-c".into(), "echo hi".into()],
             gpus: 2,
             gpu_model: Some("H100".into()),
+            node_selector: [("zone".to_string(), "eu".to_string())].into(),
             ..Default::default()
         };
         let back: WorkloadSpec = v1::WorkloadSpec::from(spec.clone()).into();
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn node_reports_convert() {
+        let c = submit_request::Command::ReportWorkloadLogs(v1::ReportWorkloadLogs {
+            workload_id: "w".into(),
+            node: "n".into(),
+            stream: "stderr".into(),
+            data: "oops".into(),
+        });
+        assert_eq!(
+            command_from_pb(Some(c)).unwrap(),
+            Command::ReportWorkloadLogs {
+                workload_id: "w".into(),
+                node: "n".into(),
+                stream: "stderr".into(),
+                data: "oops".into()
+            }
+        );
+        let c = submit_request::Command::ReportWorkloadExited(v1::ReportWorkloadExited {
+            workload_id: "w".into(),
+            node: "n".into(),
+            exit_code: 137,
+            oom_killed: true,
+        });
+        assert!(matches!(command_from_pb(Some(c)).unwrap(), Command::ReportWorkloadExited { oom_killed: true, .. }));
     }
 }

@@ -18,7 +18,7 @@ fn run(state: &mut DecisionState, id: &str, command: Command) -> Result<Vec<Even
     let events = decide(state, &env(id, command))?;
     for e in &events {
         let seq = state.last_seq + 1;
-        evolve(state, seq, e);
+        evolve(state, seq, 1, e);
     }
     Ok(events)
 }
@@ -99,6 +99,28 @@ fn approving_a_stale_proposal_supersedes_it_and_approving_twice_is_refused() {
     assert_eq!(s.proposals["p2"].status, ProposalStatus::Superseded);
 }
 
+fn gpus(node: &str, n: u32, model: &str) -> NodeCapabilities {
+    NodeCapabilities {
+        gpus: (0..n)
+            .map(|i| GpuInfo { index: i, uuid: format!("{node}-gpu-{i}"), model: model.into(), memory_mb: 80_000 })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn place(s: &mut DecisionState, id: &str, workload: &str, node: &str, uuids: &[&str]) -> Result<Vec<Event>, Rejection> {
+    run(
+        s,
+        id,
+        Command::PlaceWorkload {
+            workload_id: workload.into(),
+            node: node.into(),
+            gpu_uuids: uuids.iter().map(|u| u.to_string()).collect(),
+            placement: Default::default(),
+        },
+    )
+}
+
 #[test]
 fn lifecycle_reports_must_match_the_node() {
     let mut s = DecisionState::default();
@@ -106,14 +128,153 @@ fn lifecycle_reports_must_match_the_node() {
     let err = run(&mut s, "c2", Command::ReportWorkloadStarted { workload_id: "w-1".into(), node: "ghost".into() })
         .unwrap_err();
     assert_eq!(err, Rejection::not_found("node", "ghost"));
-    run(&mut s, "c3", Command::RegisterNode { node: "n1".into(), capabilities: Default::default() }).unwrap();
-    run(&mut s, "c4", Command::ReportWorkloadStarted { workload_id: "w-1".into(), node: "n1".into() }).unwrap();
+    run(&mut s, "c3", Command::RegisterNode { node: "n1".into(), capabilities: gpus("n1", 2, "H100") }).unwrap();
+    run(&mut s, "c3b", Command::RegisterNode { node: "n2".into(), capabilities: gpus("n2", 2, "H100") }).unwrap();
+    // Only a placed workload can start, and only on its node.
     let err =
-        run(&mut s, "c5", Command::ReportWorkloadExited { workload_id: "w-1".into(), node: "n2".into(), exit_code: 0 });
-    assert!(err.is_err());
-    run(&mut s, "c6", Command::ReportWorkloadExited { workload_id: "w-1".into(), node: "n1".into(), exit_code: 3 })
-        .unwrap();
+        run(&mut s, "c4", Command::ReportWorkloadStarted { workload_id: "w-1".into(), node: "n1".into() }).unwrap_err();
+    assert!(matches!(err, Rejection::FailedPrecondition { .. }), "{err:?}");
+    place(&mut s, "c4b", "w-1", "n1", &["n1-gpu-0", "n1-gpu-1"]).unwrap();
+    let err = run(&mut s, "c4c", Command::ReportWorkloadStarted { workload_id: "w-1".into(), node: "n2".into() })
+        .unwrap_err();
+    assert!(matches!(err, Rejection::FailedPrecondition { .. }), "{err:?}");
+    run(&mut s, "c4d", Command::ReportWorkloadStarted { workload_id: "w-1".into(), node: "n1".into() }).unwrap();
+    let exited = |node: &str, exit_code| Command::ReportWorkloadExited {
+        workload_id: "w-1".into(),
+        node: node.into(),
+        exit_code,
+        oom_killed: false,
+    };
+    assert!(run(&mut s, "c5", exited("n2", 0)).is_err());
+    run(&mut s, "c6", exited("n1", 3)).unwrap();
     assert_eq!(s.workloads["w-1"].status, WorkloadStatus::Failed);
+    assert!(s.gpu_allocations.is_empty() && s.nodes["n1"].allocated.is_empty(), "exit frees the GPUs");
+}
+
+#[test]
+fn placement_is_rechecked_at_apply_time() {
+    let mut s = DecisionState::default();
+    run(&mut s, "r1", Command::RegisterNode { node: "n1".into(), capabilities: gpus("n1", 4, "H100") }).unwrap();
+    run(&mut s, "r2", Command::RegisterNode { node: "n2".into(), capabilities: gpus("n2", 4, "A100") }).unwrap();
+    run(&mut s, "s1", Command::SubmitWorkload { workload_id: "w-1".into(), spec: spec("a") }).unwrap();
+    run(&mut s, "s2", Command::SubmitWorkload { workload_id: "w-2".into(), spec: spec("b") }).unwrap();
+
+    let err = place(&mut s, "p1", "w-1", "n1", &["n1-gpu-0"]).unwrap_err();
+    assert!(matches!(err, Rejection::InvalidArgument { ref field, .. } if field == "gpu_uuids"), "count: {err:?}");
+    let err = place(&mut s, "p2", "w-1", "n1", &["n1-gpu-0", "n1-gpu-0"]).unwrap_err();
+    assert!(matches!(err, Rejection::InvalidArgument { ref field, .. } if field == "gpu_uuids"), "dup: {err:?}");
+    let err = place(&mut s, "p3", "w-1", "n1", &["n1-gpu-0", "n2-gpu-0"]).unwrap_err();
+    assert!(err.to_string().contains("not a GPU of node"), "{err}");
+    let err = place(&mut s, "p4", "w-1", "n2", &["n2-gpu-0", "n2-gpu-1"]).unwrap_err();
+    assert!(err.to_string().contains("needs H100"), "model: {err}");
+
+    place(&mut s, "p5", "w-1", "n1", &["n1-gpu-0", "n1-gpu-1"]).unwrap();
+    assert_eq!(s.workloads["w-1"].status, WorkloadStatus::Placed);
+    // A racing scheduler that saw the same free GPUs is refused.
+    let err = place(&mut s, "p6", "w-2", "n1", &["n1-gpu-1", "n1-gpu-2"]).unwrap_err();
+    assert!(err.to_string().contains("already held by workload \"w-1\""), "{err}");
+    let err = place(&mut s, "p7", "w-1", "n1", &["n1-gpu-2", "n1-gpu-3"]).unwrap_err();
+    assert!(err.to_string().contains("not Pending"), "{err}");
+
+    let mut sel = spec("c");
+    sel.node_selector.insert("zone".into(), "eu".into());
+    run(&mut s, "s3", Command::SubmitWorkload { workload_id: "w-3".into(), spec: sel }).unwrap();
+    let err = place(&mut s, "p8", "w-3", "n1", &["n1-gpu-2", "n1-gpu-3"]).unwrap_err();
+    assert!(err.to_string().contains("zone=eu"), "{err}");
+
+    run(&mut s, "d1", Command::RequestNodeDrain { node: "n1".into(), reason: String::new() }).unwrap();
+    let err = place(&mut s, "p9", "w-2", "n1", &["n1-gpu-2", "n1-gpu-3"]).unwrap_err();
+    assert!(err.to_string().contains("draining"), "{err}");
+}
+
+#[test]
+fn cancelling_a_placed_workload_frees_its_gpus_at_once() {
+    let mut s = DecisionState::default();
+    run(&mut s, "r1", Command::RegisterNode { node: "n1".into(), capabilities: gpus("n1", 2, "H100") }).unwrap();
+    run(&mut s, "s1", Command::SubmitWorkload { workload_id: "w-1".into(), spec: spec("a") }).unwrap();
+    place(&mut s, "p1", "w-1", "n1", &["n1-gpu-0", "n1-gpu-1"]).unwrap();
+    run(&mut s, "c1", Command::CancelWorkload { workload: "w-1".into(), reason: "no".into() }).unwrap();
+    assert_eq!(s.workloads["w-1"].status, WorkloadStatus::Cancelled);
+    assert!(s.gpu_allocations.is_empty());
+    let err = run(&mut s, "st", Command::ReportWorkloadStarted { workload_id: "w-1".into(), node: "n1".into() });
+    assert!(err.is_err(), "a cancelled workload does not start");
+}
+
+#[test]
+fn a_node_that_goes_silent_loses_its_workloads_and_comes_back_with_a_heartbeat() {
+    let mut s = DecisionState::default();
+    run(&mut s, "r1", Command::RegisterNode { node: "n1".into(), capabilities: gpus("n1", 4, "H100") }).unwrap();
+    run(&mut s, "s1", Command::SubmitWorkload { workload_id: "w-1".into(), spec: spec("a") }).unwrap();
+    run(&mut s, "s2", Command::SubmitWorkload { workload_id: "w-2".into(), spec: spec("b") }).unwrap();
+    place(&mut s, "p1", "w-1", "n1", &["n1-gpu-0", "n1-gpu-1"]).unwrap();
+    place(&mut s, "p2", "w-2", "n1", &["n1-gpu-2", "n1-gpu-3"]).unwrap();
+    run(&mut s, "st", Command::ReportWorkloadStarted { workload_id: "w-2".into(), node: "n1".into() }).unwrap();
+
+    let ev = run(
+        &mut s,
+        "nr",
+        Command::MarkNodeNotReady { node: "n1".into(), reason: "no heartbeat for 30s".into(), requeue: true },
+    )
+    .unwrap();
+    let kinds: Vec<&str> = ev.iter().map(Event::kind).collect();
+    assert_eq!(kinds, ["NodeNotReady", "WorkloadLost", "WorkloadLost"]);
+    assert!(!s.nodes["n1"].ready);
+    assert_eq!(s.workloads["w-1"].status, WorkloadStatus::Pending);
+    assert_eq!(s.workloads["w-2"].status, WorkloadStatus::Pending);
+    assert!(s.gpu_allocations.is_empty());
+    let err = place(&mut s, "p3", "w-1", "n1", &["n1-gpu-0", "n1-gpu-1"]).unwrap_err();
+    assert!(err.to_string().contains("not ready"), "{err}");
+
+    run(&mut s, "hb", Command::Heartbeat { node: "n1".into() }).unwrap();
+    assert!(s.nodes["n1"].ready);
+    place(&mut s, "p4", "w-1", "n1", &["n1-gpu-0", "n1-gpu-1"]).unwrap();
+    let ev = run(&mut s, "nr2", Command::MarkNodeNotReady { node: "n1".into(), reason: "gone".into(), requeue: false })
+        .unwrap();
+    assert_eq!(ev.len(), 2);
+    assert_eq!(s.workloads["w-1"].status, WorkloadStatus::Lost);
+    assert!(!s.active_names.contains_key("a"));
+}
+
+#[test]
+fn heartbeats_record_the_envelope_time() {
+    let mut s = DecisionState::default();
+    let e = Event::NodeRegistered { node: "n1".into(), capabilities: Default::default() };
+    evolve(&mut s, 1, 1_000, &e);
+    assert_eq!(s.nodes["n1"].last_heartbeat_ms, 1_000);
+    evolve(&mut s, 2, 5_000, &Event::NodeHeartbeat { node: "n1".into() });
+    assert_eq!(s.nodes["n1"].last_heartbeat_ms, 5_000);
+}
+
+#[test]
+fn unschedulable_is_recorded_when_the_reason_changes() {
+    let mut s = DecisionState::default();
+    run(&mut s, "s1", Command::SubmitWorkload { workload_id: "w-1".into(), spec: spec("a") }).unwrap();
+    let rec = |summary: &str| Command::RecordUnschedulable {
+        workload_id: "w-1".into(),
+        placement: crate::Placement { summary: summary.into(), ..Default::default() },
+    };
+    assert_eq!(run(&mut s, "u1", rec("no nodes")).unwrap().len(), 1);
+    assert_eq!(run(&mut s, "u2", rec("no nodes")).unwrap().len(), 0, "same reason: nothing appended");
+    assert_eq!(run(&mut s, "u3", rec("0 of 1 nodes fit")).unwrap().len(), 1);
+}
+
+#[test]
+fn log_chunks_are_bounded_and_tied_to_the_node() {
+    let mut s = DecisionState::default();
+    run(&mut s, "r1", Command::RegisterNode { node: "n1".into(), capabilities: gpus("n1", 2, "H100") }).unwrap();
+    run(&mut s, "s1", Command::SubmitWorkload { workload_id: "w-1".into(), spec: spec("a") }).unwrap();
+    place(&mut s, "p1", "w-1", "n1", &["n1-gpu-0", "n1-gpu-1"]).unwrap();
+    let logs = |stream: &str, data: String| Command::ReportWorkloadLogs {
+        workload_id: "w-1".into(),
+        node: "n1".into(),
+        stream: stream.into(),
+        data,
+    };
+    run(&mut s, "l1", logs("stdout", "hello\n".into())).unwrap();
+    let err = run(&mut s, "l2", logs("stdout", "x".repeat(MAX_LOG_CHUNK_BYTES + 1))).unwrap_err();
+    assert!(matches!(err, Rejection::InvalidArgument { ref field, .. } if field == "data"), "{err:?}");
+    let err = run(&mut s, "l3", logs("stdin", "x".into())).unwrap_err();
+    assert!(matches!(err, Rejection::InvalidArgument { ref field, .. } if field == "stream"), "{err:?}");
 }
 
 fn arb_text() -> impl Strategy<Value = String> {
@@ -140,8 +301,26 @@ fn arb_command() -> impl Strategy<Value = Command> {
         arb_text().prop_map(|node| Command::RegisterNode { node, capabilities: Default::default() }),
         arb_text().prop_map(|node| Command::Heartbeat { node }),
         (arb_text(), arb_text()).prop_map(|(workload_id, node)| Command::ReportWorkloadStarted { workload_id, node }),
-        (arb_text(), arb_text(), any::<i32>())
-            .prop_map(|(workload_id, node, exit_code)| Command::ReportWorkloadExited { workload_id, node, exit_code }),
+        (arb_text(), arb_text(), any::<i32>(), any::<bool>()).prop_map(|(workload_id, node, exit_code, oom_killed)| {
+            Command::ReportWorkloadExited { workload_id, node, exit_code, oom_killed }
+        }),
+        (arb_text(), arb_text(), proptest::collection::vec(arb_text(), 0..3)).prop_map(
+            |(workload_id, node, gpu_uuids)| {
+                Command::PlaceWorkload { workload_id, node, gpu_uuids, placement: Default::default() }
+            }
+        ),
+        (arb_text(), arb_text()).prop_map(|(workload_id, summary)| Command::RecordUnschedulable {
+            workload_id,
+            placement: crate::Placement { summary, ..Default::default() }
+        }),
+        (arb_text(), arb_text(), arb_text(), arb_text()).prop_map(|(workload_id, node, stream, data)| {
+            Command::ReportWorkloadLogs { workload_id, node, stream, data }
+        }),
+        (arb_text(), arb_text(), any::<bool>()).prop_map(|(node, reason, requeue)| Command::MarkNodeNotReady {
+            node,
+            reason,
+            requeue
+        }),
     ]
 }
 
@@ -156,7 +335,7 @@ proptest! {
             let events = decide(&s, &env(&id, c)).unwrap_or_else(|r| vec![Event::CommandRejected { command_kind: "x".into(), rejection: r }]);
             for e in &events {
                 seq += 1;
-                evolve(&mut s, seq, e);
+                evolve(&mut s, seq, 1, e);
             }
             prop_assert_eq!(s.last_seq, seq);
         }

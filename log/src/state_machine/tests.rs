@@ -88,7 +88,7 @@ fn command(g: &mut Gen, last_seq_hint: u64) -> Command {
         },
         4 => Command::CancelWorkload { workload: w, reason: "operator asked".into() },
         5 => Command::ReportWorkloadStarted { workload_id: w, node },
-        6 => Command::ReportWorkloadExited { workload_id: w, node, exit_code: g.below(2) as i32 },
+        6 => Command::ReportWorkloadExited { workload_id: w, node, exit_code: g.below(2) as i32, oom_killed: false },
         7 => Command::CreateProposal {
             proposal_id: g.pick(PROPOSALS).to_string(),
             action: if g.below(2) == 0 {
@@ -139,7 +139,7 @@ fn fold(records: &[claw_commands::EventRecord]) -> (DecisionState, ClusterView) 
     let mut d = DecisionState::default();
     let mut v = ClusterView::default();
     for r in records {
-        evolve(&mut d, r.seq, &r.event);
+        evolve(&mut d, r.seq, r.time_ms, &r.event);
         v.apply(r);
     }
     (d, v)
