@@ -42,7 +42,7 @@ for members in 1 3; do
   for c in $CLIENTS; do
     port=$((port + 10))
     start_cluster "$members" "$port"
-    out=$("$BIN/clawctl" --server "127.0.0.1:$((port + 1))" -o json bench append --clients "$c" --duration "$DUR")
+    out=$("$BIN/clawctl" --server "127.0.0.1:$((port + 1))" -o json bench append --clients "$c" --duration "$DUR" | tr -d "\n")
     rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/${pids[0]}/status")
     echo "{\"members\":$members,\"leader_rss_kb\":$rss_kb,\"result\":$out}"
     stop_cluster
