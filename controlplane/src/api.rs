@@ -158,13 +158,12 @@ impl ClawApi {
 
     /// Proposes an envelope on this member (which believes it leads).
     async fn propose(&self, env: CommandEnvelope) -> Result<(ApplyResponse, u64), ProposeError> {
-        match self.node.raft.client_write(env).await {
-            Ok(resp) => Ok((resp.data, resp.log_id.index)),
-            Err(e) => match e.forward_to_leader() {
-                Some(f) => Err(ProposeError::NotLeader(f.leader_id)),
-                None => Err(ProposeError::Other(Status::unavailable(format!("the write did not commit: {e}")))),
-            },
-        }
+        self.node.propose(env).await.map_err(|e| match e {
+            claw_log::ProposeError::NotLeader { leader_id } => ProposeError::NotLeader(leader_id),
+            claw_log::ProposeError::Other(msg) => {
+                ProposeError::Other(Status::unavailable(format!("the write did not commit: {msg}")))
+            }
+        })
     }
 
     /// Appends a command on behalf of the cluster itself (e.g. membership records).

@@ -1,6 +1,7 @@
 //! The replicated event log of Clawbernetes: openraft over one RocksDB
-//! database per member. The raft log stores `CommandEnvelope`s with synced,
-//! group-committed writes; the state machine decides each committed command
+//! database per member. The raft log stores batches of `CommandEnvelope`s
+//! (`CommandBatch`, one per raft entry, gathered by `LogNode::propose`) with
+//! synced, group-committed writes; the state machine decides each committed command
 //! (`claw_commands::decide`), seals the resulting events into a dense,
 //! hash-chained history, keeps the decision state and cluster view current,
 //! and lets readers page through or watch the history. Snapshots carry the
@@ -24,6 +25,7 @@ mod log_store;
 mod log_writer;
 mod network;
 mod network_client;
+mod proposer;
 mod raft_rpc_service;
 mod snapshot_builder;
 mod snapshot_payload;
@@ -36,5 +38,6 @@ pub use event_store::EventStore;
 pub use log_node::LogNode;
 pub use log_options::LogOptions;
 pub use log_stats::LogStats;
+pub use proposer::ProposeError;
 pub use raft_rpc_service::RaftRpcService;
-pub use type_config::{ApplyResponse, ClawRaft, TypeConfig};
+pub use type_config::{ApplyResponse, BatchResponse, ClawRaft, CommandBatch, TypeConfig};

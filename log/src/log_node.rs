@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use claw_commands::CommandEnvelope;
 use claw_proto::raft::raft_server::RaftServer;
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
@@ -11,18 +12,25 @@ use crate::log_stats::Counters;
 use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::network_client::MAX_RAFT_MESSAGE;
+use crate::proposer::{Proposer, MAX_BATCH_BYTES};
 use crate::state_machine::StateMachine;
-use crate::{ClawRaft, Error, EventStore, LogOptions, RaftRpcService, Result};
+use crate::{ApplyResponse, ClawRaft, Error, EventStore, LogOptions, ProposeError, RaftRpcService, Result};
 
 /// Snapshot chunks are sent as JSON byte arrays (up to 4 bytes per byte),
 /// so they are kept well under the gRPC message limit.
 const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// Entries per AppendEntries RPC: each entry is a batch of up to about
+/// `MAX_BATCH_BYTES` of commands, so this keeps an RPC well under the gRPC
+/// message limit.
+const MAX_PAYLOAD_ENTRIES: u64 = (MAX_RAFT_MESSAGE / 2 / MAX_BATCH_BYTES) as u64;
 
 /// One member of the replicated log: its raft instance and its event store.
 #[derive(Clone)]
 pub struct LogNode {
     pub raft: ClawRaft,
     pub store: EventStore,
+    proposer: Proposer,
     node_id: u64,
     advertise_addr: String,
 }
@@ -53,6 +61,7 @@ impl LogNode {
             // Purge in batches, but never wait for more entries than a snapshot spans.
             purge_batch_size: opts.snapshot_logs_since_last.clamp(1, 1024),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         }
         .validate()
@@ -60,7 +69,8 @@ impl LogNode {
         let raft = ClawRaft::new(opts.node_id, Arc::new(config), Network, log, sm)
             .await
             .map_err(|e| Error::Raft(format!("cannot start raft for member {}: {e}", opts.node_id)))?;
-        Ok(LogNode { raft, store, node_id: opts.node_id, advertise_addr: opts.advertise_addr })
+        let proposer = Proposer::start(raft.clone());
+        Ok(LogNode { raft, store, proposer, node_id: opts.node_id, advertise_addr: opts.advertise_addr })
     }
 
     pub fn node_id(&self) -> u64 {
@@ -92,8 +102,18 @@ impl LogNode {
             .max_encoding_message_size(MAX_RAFT_MESSAGE)
     }
 
-    /// Stops raft. The event store stays readable while clones of it live.
+    /// Proposes one command on this member (which should lead). Concurrent
+    /// proposals are gathered into one raft entry; the answer is this
+    /// command's own response and the raft index of that entry, once it is
+    /// committed and applied.
+    pub async fn propose(&self, env: CommandEnvelope) -> std::result::Result<(ApplyResponse, u64), ProposeError> {
+        self.proposer.propose(env).await
+    }
+
+    /// Stops the proposal batcher and raft. The event store stays readable
+    /// while clones of it live.
     pub async fn shutdown(&self) -> Result<()> {
+        self.proposer.stop();
         self.raft.shutdown().await.map_err(|e| Error::Raft(format!("raft shutdown failed: {e}")))
     }
 }

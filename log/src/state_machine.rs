@@ -16,7 +16,7 @@ use crate::event_store::Live;
 use crate::keys::{dedup_key, u64_key, SmMetaKey, CF_DEDUP, CF_EVENTS, CF_SM_META};
 use crate::snapshot_builder::SnapshotBuilder;
 use crate::snapshot_payload::{SnapshotPayload, SnapshotRecord};
-use crate::{ApplyResponse, Error, EventStore, Result, TypeConfig};
+use crate::{ApplyResponse, BatchResponse, CommandBatch, Error, EventStore, Result, TypeConfig};
 
 /// A checkpoint of the in-memory state is stored at least every this many events.
 pub(crate) const CHECKPOINT_EVERY: u64 = 1_000;
@@ -33,7 +33,7 @@ impl StateMachine {
         StateMachine { store }
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<ApplyResponse>> {
+    fn apply_entries(&mut self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<BatchResponse>> {
         let db = self.store.db().clone();
         let events_cf = db.cf(CF_EVENTS)?;
         let dedup_cf = db.cf(CF_DEDUP)?;
@@ -55,93 +55,97 @@ impl StateMachine {
             for entry in entries {
                 let log_id = entry.log_id;
                 last_applied = Some(log_id);
-                let env = match entry.payload {
+                let envs = match entry.payload {
                     EntryPayload::Blank => {
-                        responses.push(ApplyResponse { raft_index: log_id.index, ..Default::default() });
+                        responses.push(BatchResponse::default());
                         continue;
                     }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(log_id), m));
-                        responses.push(ApplyResponse { raft_index: log_id.index, ..Default::default() });
+                        responses.push(BatchResponse::default());
                         continue;
                     }
-                    EntryPayload::Normal(env) => env,
+                    EntryPayload::Normal(CommandBatch(envs)) => envs,
                 };
-                let prior = if env.command_id.is_empty() {
-                    None
-                } else if let Some(row) = new_dedup.get(&env.command_id) {
-                    Some(row.clone())
-                } else {
-                    db.get_json::<DedupRow>(CF_DEDUP, dedup_key(&env.command_id))?
-                };
-                if let Some(row) = prior {
-                    let events = if row.first_seq > published {
-                        // Its events are in this very batch, not yet in RocksDB.
-                        new_records
-                            .iter()
-                            .filter(|r| r.seq >= row.first_seq && r.seq <= row.last_seq)
-                            .cloned()
-                            .collect()
+                let mut entry_responses = Vec::with_capacity(envs.len());
+                for env in envs {
+                    let prior = if env.command_id.is_empty() {
+                        None
+                    } else if let Some(row) = new_dedup.get(&env.command_id) {
+                        Some(row.clone())
                     } else {
-                        self.store.read_range(row.first_seq, row.last_seq)?
+                        db.get_json::<DedupRow>(CF_DEDUP, dedup_key(&env.command_id))?
                     };
-                    responses.push(ApplyResponse {
-                        command_id: row.command_id,
-                        raft_index: row.raft_index,
-                        events,
-                        rejection: row.rejection,
-                        duplicate: true,
-                    });
-                    continue;
-                }
-                let (events, rejection) = match decide(&live.decision, &env) {
-                    Ok(events) => (events, None),
-                    Err(rejection) => (
-                        vec![Event::CommandRejected {
-                            command_kind: env.command.kind().to_string(),
+                    if let Some(row) = prior {
+                        let events = if row.first_seq > published {
+                            // Its events are in this very batch, not yet in RocksDB.
+                            new_records
+                                .iter()
+                                .filter(|r| r.seq >= row.first_seq && r.seq <= row.last_seq)
+                                .cloned()
+                                .collect()
+                        } else {
+                            self.store.read_range(row.first_seq, row.last_seq)?
+                        };
+                        entry_responses.push(ApplyResponse {
+                            command_id: row.command_id,
+                            raft_index: row.raft_index,
+                            events,
+                            rejection: row.rejection,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                    let (events, rejection) = match decide(&live.decision, &env) {
+                        Ok(events) => (events, None),
+                        Err(rejection) => (
+                            vec![Event::CommandRejected {
+                                command_kind: env.command.kind().to_string(),
+                                rejection: rejection.clone(),
+                            }],
+                            Some(rejection),
+                        ),
+                    };
+                    let first_seq = last_seq + 1;
+                    let mut records = Vec::with_capacity(events.len());
+                    for event in events {
+                        last_seq += 1;
+                        let rec = EventRecord::seal(
+                            last_seq,
+                            log_id.index,
+                            env.time_ms,
+                            env.actor.clone(),
+                            env.command_id.clone(),
+                            env.correlation_id.clone(),
+                            event,
+                            last_hash,
+                        );
+                        evolve(&mut live.decision, last_seq, rec.time_ms, &rec.event);
+                        last_hash = rec.hash.clone();
+                        batch.put_cf(&events_cf, u64_key(last_seq), encode_json("event record", &rec)?);
+                        records.push(rec);
+                    }
+                    new_records.extend(records.iter().cloned());
+                    if !env.command_id.is_empty() {
+                        let row = DedupRow {
+                            command_id: env.command_id.clone(),
+                            raft_index: log_id.index,
+                            first_seq,
+                            last_seq,
                             rejection: rejection.clone(),
-                        }],
-                        Some(rejection),
-                    ),
-                };
-                let first_seq = last_seq + 1;
-                let mut records = Vec::with_capacity(events.len());
-                for event in events {
-                    last_seq += 1;
-                    let rec = EventRecord::seal(
-                        last_seq,
-                        log_id.index,
-                        env.time_ms,
-                        env.actor.clone(),
-                        env.command_id.clone(),
-                        env.correlation_id.clone(),
-                        event,
-                        last_hash,
-                    );
-                    evolve(&mut live.decision, last_seq, rec.time_ms, &rec.event);
-                    last_hash = rec.hash.clone();
-                    batch.put_cf(&events_cf, u64_key(last_seq), encode_json("event record", &rec)?);
-                    records.push(rec);
-                }
-                new_records.extend(records.iter().cloned());
-                if !env.command_id.is_empty() {
-                    let row = DedupRow {
-                        command_id: env.command_id.clone(),
+                        };
+                        batch.put_cf(&dedup_cf, dedup_key(&env.command_id), encode_json("dedup row", &row)?);
+                        new_dedup.insert(env.command_id.clone(), row);
+                    }
+                    entry_responses.push(ApplyResponse {
+                        command_id: env.command_id,
                         raft_index: log_id.index,
-                        first_seq,
-                        last_seq,
-                        rejection: rejection.clone(),
-                    };
-                    batch.put_cf(&dedup_cf, dedup_key(&env.command_id), encode_json("dedup row", &row)?);
-                    new_dedup.insert(env.command_id.clone(), row);
+                        events: records,
+                        rejection,
+                        duplicate: false,
+                    });
                 }
-                responses.push(ApplyResponse {
-                    command_id: env.command_id,
-                    raft_index: log_id.index,
-                    events: records,
-                    rejection,
-                    duplicate: false,
-                });
+                responses.push(BatchResponse(entry_responses));
             }
             if last_seq / CHECKPOINT_EVERY != published / CHECKPOINT_EVERY {
                 let mut view = live.view.clone();
@@ -303,7 +307,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((live.last_applied, live.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResponse>, StorageError<u64>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResponse>, StorageError<u64>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,

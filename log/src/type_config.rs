@@ -1,12 +1,12 @@
-use claw_commands::{EventRecord, Rejection};
+use claw_commands::{CommandEnvelope, EventRecord, Rejection};
 use serde::{Deserialize, Serialize};
 
 openraft::declare_raft_types!(
     /// The openraft types of the Clawbernetes log: entries carry a
-    /// [`claw_commands::CommandEnvelope`], applying one yields an [`ApplyResponse`].
+    /// [`CommandBatch`], applying one yields a [`BatchResponse`].
     pub TypeConfig:
-        D = claw_commands::CommandEnvelope,
-        R = ApplyResponse,
+        D = CommandBatch,
+        R = BatchResponse,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -17,7 +17,16 @@ openraft::declare_raft_types!(
 /// The raft instance of one member.
 pub type ClawRaft = openraft::Raft<TypeConfig>;
 
-/// What applying one raft entry produced.
+/// The payload of one raft entry: envelopes proposed together, applied in order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CommandBatch(pub Vec<CommandEnvelope>);
+
+/// What applying one raft entry produced: one response per envelope of its
+/// [`CommandBatch`], in the same order (none for blank and membership entries).
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
+pub struct BatchResponse(pub Vec<ApplyResponse>);
+
+/// What applying one command produced.
 #[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
 pub struct ApplyResponse {
     pub command_id: String,

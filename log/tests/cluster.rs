@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use claw_commands::{Actor, Command, CommandEnvelope, Event};
-use claw_log::{LogNode, LogOptions};
+use claw_log::{CommandBatch, LogNode, LogOptions, ProposeError};
 use openraft::BasicNode;
 use tempfile::TempDir;
 use tonic::transport::server::TcpIncoming;
@@ -96,15 +96,20 @@ async fn three_members_agree_on_the_history() -> anyhow::Result<()> {
     }
     leader.raft.change_membership(BTreeSet::from([1, 2, 3]), false).await.context("change membership")?;
 
-    let first = leader.raft.client_write(intent(1)).await.context("client write")?;
-    assert!(!first.data.duplicate);
-    assert_eq!(first.data.events.len(), 1);
-    assert!(matches!(first.data.events[0].event, Event::IntentStated { .. }));
+    let (first, _) = leader.propose(intent(1)).await.context("propose")?;
+    assert!(!first.duplicate);
+    assert_eq!(first.events.len(), 1);
+    assert!(matches!(first.events[0].event, Event::IntentStated { .. }));
     for n in 2..=20 {
-        leader.raft.client_write(intent(n)).await.context("client write")?;
+        leader.propose(intent(n)).await.context("propose")?;
     }
-    let again = leader.raft.client_write(intent(7)).await.context("resubmit")?;
-    assert!(again.data.duplicate);
+    let (again, _) = leader.propose(intent(7)).await.context("resubmit")?;
+    assert!(again.duplicate);
+    // A follower refuses and names the leader.
+    match members[1].node.propose(intent(99)).await {
+        Err(ProposeError::NotLeader { leader_id: Some(1) }) => {}
+        other => panic!("a follower must refuse with the leader's id, got {other:?}"),
+    }
 
     let want_seq = leader.store.last_seq();
     let want_hash = leader.store.last_hash();
@@ -160,9 +165,10 @@ async fn a_late_member_catches_up_from_a_snapshot() -> anyhow::Result<()> {
     .await?;
     // Openraft purges in batches of at least `purge_batch_size` (1024)
     // entries, so write enough of them, concurrently.
+    // Written one command per entry, straight to raft.
     let writes = (1..=1200).map(|n| {
         let raft = leader.raft.clone();
-        async move { raft.client_write(intent(n)).await }
+        async move { raft.client_write(CommandBatch(vec![intent(n)])).await }
     });
     for r in futures::future::join_all(writes).await {
         r.context("client write")?;
@@ -214,7 +220,7 @@ async fn a_member_restarts_with_its_history() -> anyhow::Result<()> {
         })
         .await?;
         for n in 1..=5 {
-            node.raft.client_write(intent(n)).await?;
+            node.propose(intent(n)).await?;
         }
         let r = (node.store.last_seq(), node.store.last_hash());
         node.shutdown().await?;
@@ -228,10 +234,10 @@ async fn a_member_restarts_with_its_history() -> anyhow::Result<()> {
         async move { raft.current_leader().await == Some(1) }
     })
     .await?;
-    let dup = node.raft.client_write(intent(3)).await?;
-    assert!(dup.data.duplicate, "dedup survives a restart");
-    let next = node.raft.client_write(intent(6)).await?;
-    assert_eq!(next.data.events[0].seq, seq + 1);
+    let (dup, _) = node.propose(intent(3)).await?;
+    assert!(dup.duplicate, "dedup survives a restart");
+    let (next, _) = node.propose(intent(6)).await?;
+    assert_eq!(next.events[0].seq, seq + 1);
     node.shutdown().await?;
     Ok(())
 }
@@ -249,5 +255,52 @@ async fn the_raft_service_rejects_bad_bytes() -> anyhow::Result<()> {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("AppendEntriesRequest"), "{}", status.message());
     node.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_share_raft_entries() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = LogNode::open(LogOptions { data_dir: dir.path().join("data"), ..LogOptions::default() }).await?;
+    node.initialize_single().await?;
+    eventually("the member to lead", || {
+        let raft = node.raft.clone();
+        async move { raft.current_leader().await == Some(1) }
+    })
+    .await?;
+    let (_, before_index) = node.propose(intent(0)).await?;
+    let before_seq = node.store.last_seq();
+
+    const N: u64 = 200;
+    let proposals = (1..=N).map(|n| {
+        let node = node.clone();
+        tokio::spawn(async move { (n, node.propose(intent(n)).await) })
+    });
+    let mut seqs = Vec::new();
+    let mut indexes = BTreeSet::new();
+    for joined in futures::future::join_all(proposals).await {
+        let (n, result) = joined?;
+        let (resp, index) = result.with_context(|| format!("propose {n}"))?;
+        assert_eq!(resp.command_id, format!("intent-{n}"), "each caller gets its own response");
+        assert!(!resp.duplicate);
+        assert_eq!(resp.events.len(), 1);
+        assert_eq!(resp.raft_index, index);
+        assert!(resp.events.iter().all(|e| e.raft_index == index && e.command_id == resp.command_id));
+        seqs.push(resp.events[0].seq);
+        indexes.insert(index);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (before_seq + 1..=before_seq + N).collect::<Vec<_>>(), "dense seqs");
+    assert_eq!(node.store.last_seq(), before_seq + N);
+    let last_index = node.raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let used = last_index - before_index;
+    assert_eq!(used, indexes.len() as u64, "the entries used are exactly those the callers saw");
+    assert!(used < N, "{N} proposals took {used} raft entries: they were not batched");
+    eprintln!("{N} concurrent proposals used {used} raft entries; {:?}", node.store.stats());
+
+    // After shutdown, proposals fail promptly instead of hanging.
+    tokio::time::timeout(DEADLINE, node.shutdown()).await.context("shutdown in time")??;
+    let after = tokio::time::timeout(DEADLINE, node.propose(intent(N + 1))).await.context("refused in time")?;
+    assert!(matches!(after, Err(ProposeError::Other(_))), "{after:?}");
     Ok(())
 }

@@ -15,7 +15,7 @@ use tempfile::TempDir;
 use super::StateMachine;
 use crate::log_node::open_storage;
 use crate::log_store::LogStore;
-use crate::{ApplyResponse, Error, EventFilter, EventStore, TypeConfig};
+use crate::{ApplyResponse, BatchResponse, CommandBatch, Error, EventFilter, EventStore, TypeConfig};
 
 struct TempStoreBuilder;
 
@@ -128,7 +128,19 @@ fn envelope(g: &mut Gen, n: u64, last_seq_hint: u64) -> CommandEnvelope {
 }
 
 fn normal(index: u64, env: CommandEnvelope) -> Entry<TypeConfig> {
-    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(env) }
+    normal_batch(index, vec![env])
+}
+
+fn normal_batch(index: u64, envs: Vec<CommandEnvelope>) -> Entry<TypeConfig> {
+    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(CommandBatch(envs)) }
+}
+
+/// The single response of an entry that carries one command.
+fn single(mut responses: Vec<BatchResponse>) -> ApplyResponse {
+    assert_eq!(responses.len(), 1);
+    let BatchResponse(mut r) = responses.remove(0);
+    assert_eq!(r.len(), 1);
+    r.remove(0)
 }
 
 fn blank(index: u64) -> Entry<TypeConfig> {
@@ -164,46 +176,51 @@ async fn apply_generated(
     while n < count {
         let batch_len = 1 + g.below(24);
         let mut batch = Vec::new();
+        let mut envs: Vec<Vec<CommandEnvelope>> = Vec::new();
         for _ in 0..batch_len {
             index += 1;
             if g.below(15) == 0 {
                 batch.push(blank(index));
+                envs.push(Vec::new());
                 continue;
             }
-            let env = if !sent.is_empty() && g.below(8) == 0 {
-                // A client retry: the same envelope again, maybe in the same batch.
-                sent[g.below(sent.len() as u64) as usize].clone()
-            } else {
-                n += 1;
-                let env = envelope(&mut g, n, store.last_seq());
-                sent.push(env.clone());
-                env
-            };
-            batch.push(normal(index, env));
+            // One raft entry carries one to four commands.
+            let mut entry = Vec::new();
+            for _ in 0..1 + g.below(4) {
+                let env = if !sent.is_empty() && g.below(8) == 0 {
+                    // A client retry: the same envelope again, maybe in the same batch or entry.
+                    sent[g.below(sent.len() as u64) as usize].clone()
+                } else {
+                    n += 1;
+                    let env = envelope(&mut g, n, store.last_seq());
+                    sent.push(env.clone());
+                    env
+                };
+                entry.push(env);
+            }
+            envs.push(entry.clone());
+            batch.push(normal_batch(index, entry));
         }
-        let envs: Vec<Option<CommandEnvelope>> = batch
-            .iter()
-            .map(|e| match &e.payload {
-                EntryPayload::Normal(env) => Some(env.clone()),
-                _ => None,
-            })
-            .collect();
         let responses = sm.apply(batch).await.expect("apply");
         assert_eq!(responses.len(), envs.len());
-        for (env, resp) in envs.into_iter().zip(responses) {
-            let Some(env) = env else { continue };
-            match firsts.get(&env.command_id) {
-                None => {
-                    assert!(!resp.duplicate, "first apply of {} is not a duplicate", env.command_id);
-                    assert!(!resp.events.is_empty(), "every command records at least one event");
-                    assert_eq!(resp.rejection.is_some(), resp.events[0].event.kind() == "CommandRejected");
-                    firsts.insert(env.command_id.clone(), resp);
-                }
-                Some(first) => {
-                    assert!(resp.duplicate);
-                    assert_eq!(resp.events, first.events);
-                    assert_eq!(resp.raft_index, first.raft_index);
-                    assert_eq!(resp.rejection, first.rejection);
+        for (entry, BatchResponse(resps)) in envs.into_iter().zip(responses) {
+            assert_eq!(resps.len(), entry.len(), "one response per command of an entry");
+            for (env, resp) in entry.into_iter().zip(resps) {
+                assert_eq!(resp.command_id, env.command_id);
+                match firsts.get(&env.command_id) {
+                    None => {
+                        assert!(!resp.duplicate, "first apply of {} is not a duplicate", env.command_id);
+                        assert!(!resp.events.is_empty(), "every command records at least one event");
+                        assert_eq!(resp.rejection.is_some(), resp.events[0].event.kind() == "CommandRejected");
+                        assert!(resp.events.iter().all(|r| r.raft_index == resp.raft_index));
+                        firsts.insert(env.command_id.clone(), resp);
+                    }
+                    Some(first) => {
+                        assert!(resp.duplicate);
+                        assert_eq!(resp.events, first.events);
+                        assert_eq!(resp.raft_index, first.raft_index);
+                        assert_eq!(resp.rejection, first.rejection);
+                    }
                 }
             }
         }
@@ -243,7 +260,7 @@ async fn apply_folds_dedups_chains_and_survives_reopen() {
     // (c) Resubmitting any earlier command id returns its first outcome and records nothing.
     for env in sent.iter().step_by(37) {
         index += 1;
-        let resp = sm.apply(vec![normal(index, env.clone())]).await.expect("apply").remove(0);
+        let resp = single(sm.apply(vec![normal(index, env.clone())]).await.expect("apply"));
         let first = &firsts[&env.command_id];
         assert!(resp.duplicate);
         assert_eq!(
@@ -289,7 +306,7 @@ async fn snapshot_carries_the_full_history() {
         correlation_id: id.clone(),
         command: Command::StateIntent { text: "again".into() },
     };
-    let resp = sm_f.apply(vec![normal(index + 1, env)]).await.expect("apply").remove(0);
+    let resp = single(sm_f.apply(vec![normal(index + 1, env)]).await.expect("apply"));
     assert!(resp.duplicate);
     assert_eq!(resp.events, first.events);
 }
@@ -334,4 +351,37 @@ async fn watch_streams_backlog_then_live_tail_without_gaps() {
         other => panic!("expected a compacted error, got {other:?}"),
     }
     assert!(old.next().await.is_none());
+}
+
+#[tokio::test]
+async fn one_entry_applies_its_commands_in_order_and_dedups_within_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm, store) = open_storage(dir.path()).expect("open");
+    let intent = |id: &str| CommandEnvelope {
+        command_id: id.into(),
+        actor: Actor::user("ada"),
+        time_ms: 7,
+        correlation_id: id.into(),
+        command: Command::StateIntent { text: format!("intent {id}") },
+    };
+    let bad = CommandEnvelope { command: Command::StateIntent { text: " ".into() }, ..intent("bad") };
+    let entry = normal_batch(4, vec![intent("a"), intent("b"), intent("a"), bad, intent("c")]);
+    let mut responses = sm.apply(vec![blank(3), entry]).await.expect("apply");
+    assert_eq!(responses.len(), 2);
+    assert_eq!(responses[0], BatchResponse::default(), "a blank entry answers nothing");
+    let BatchResponse(r) = responses.remove(1);
+    let ids: Vec<_> = r.iter().map(|r| r.command_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "a", "bad", "c"]);
+    assert!(r.iter().all(|r| r.raft_index == 4));
+    assert_eq!(r.iter().map(|r| r.duplicate).collect::<Vec<_>>(), [false, false, true, false, false]);
+    assert_eq!(r[2].events, r[0].events, "the duplicate answers the first outcome");
+    assert!(r[3].rejection.is_some());
+    let seqs: Vec<u64> = r.iter().filter(|r| !r.duplicate).flat_map(|r| r.events.iter().map(|e| e.seq)).collect();
+    assert_eq!(seqs, (1..=4).collect::<Vec<_>>(), "dense seqs in command order");
+    let events = all_events(&store);
+    assert_eq!(events.len(), 4);
+    assert!(events.iter().all(|e| e.raft_index == 4));
+    assert_eq!(verify_chain(GENESIS_HASH, &events).expect("chain"), store.last_hash());
+    let (applied, _) = sm.applied_state().await.expect("applied state");
+    assert_eq!(applied.map(|l| l.index), Some(4));
 }
