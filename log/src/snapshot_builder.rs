@@ -9,7 +9,6 @@ use crate::checkpoint::Checkpoint;
 use crate::db::encode_json;
 use crate::keys::{SmMetaKey, CF_SM_META};
 use crate::snapshot_payload::SnapshotRecord;
-use crate::state_machine::build_payload;
 use crate::{EventStore, Result, TypeConfig};
 
 /// Builds a snapshot of the state captured when openraft asked for a
@@ -60,8 +59,12 @@ impl SnapshotBuilder {
         );
         batch.put_cf(&sm_cf, SmMetaKey::Snapshot.encode(), encode_json("snapshot record", &record)?);
         db.write(batch, false)?;
-        let data = build_payload(&self.store, &meta, self.checkpoint.clone())?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        // openraft keeps only the meta of a snapshot it asked to build (its
+        // state-machine worker drops the data), and the events are immutable
+        // in RocksDB already. So building records the checkpoint and the
+        // snapshot record only: O(state), not O(history). The full payload is
+        // materialised by `get_current_snapshot` when a member needs it.
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
 }
 
