@@ -30,7 +30,7 @@ pub struct Placement {
 impl Placement {
     /// How many node verdicts a placement carries at most, so that events
     /// stay small on clusters with thousands of nodes.
-    pub const MAX_VERDICTS: usize = 64;
+    pub const MAX_VERDICTS: usize = 16;
 }
 
 /// The filter names a [`NodeVerdict`] may carry, in the order they are checked.

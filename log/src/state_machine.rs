@@ -18,7 +18,13 @@ use crate::snapshot_builder::SnapshotBuilder;
 use crate::snapshot_payload::{SnapshotPayload, SnapshotRecord};
 use crate::{ApplyResponse, BatchResponse, CommandBatch, Error, EventStore, Result, TypeConfig};
 
-/// A checkpoint of the in-memory state is stored at least every this many events.
+/// A checkpoint of the in-memory state is stored at least every this many
+/// events. Each one serialises the whole view, so on a large fleet a small
+/// interval costs more than the replay it saves at start-up.
+#[cfg(not(test))]
+pub(crate) const CHECKPOINT_EVERY: u64 = 10_000;
+/// Unit tests cross checkpoints with a history small enough to stay fast.
+#[cfg(test)]
 pub(crate) const CHECKPOINT_EVERY: u64 = 1_000;
 
 /// The replicated state machine: decides each committed command, seals the
