@@ -229,7 +229,8 @@ impl Client {
     }
 
     pub async fn list_objects<T: serde::de::DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>> {
-        let request = v1::ListObjectsRequest { kind: kind.to_string(), consistency: self.consistency };
+        let request =
+            v1::ListObjectsRequest { kind: kind.to_string(), consistency: self.consistency, node: String::new() };
         let response = self.grpc.clone().list_objects(request).await?.into_inner();
         response
             .items_json

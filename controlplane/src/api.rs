@@ -310,7 +310,12 @@ impl Claw for ClawApi {
         let r = req.into_inner();
         let (items, seq) = self.node.store.with_view(|v| {
             let items: Result<Vec<String>, Status> = match r.kind.as_str() {
-                "workload" => v.workloads.values().map(to_json).collect(),
+                "workload" => v
+                    .workloads
+                    .values()
+                    .filter(|w| r.node.is_empty() || w.node.as_deref() == Some(r.node.as_str()))
+                    .map(to_json)
+                    .collect(),
                 "proposal" => v.proposals.values().map(to_json).collect(),
                 "node" => v.nodes.values().map(to_json).collect(),
                 "member" => v.members.values().map(to_json).collect(),

@@ -195,7 +195,12 @@ impl ControlPlane {
     pub async fn workloads_on_this_node(&self) -> Result<Vec<WorkloadView>> {
         let (i, mut c) = self.client();
         let req = self.request(
-            v1::ListObjectsRequest { kind: "workload".into(), consistency: v1::Consistency::Linearizable as i32 },
+            v1::ListObjectsRequest {
+                kind: "workload".into(),
+                consistency: v1::Consistency::Linearizable as i32,
+                // Filtered on the server: a fleet may hold far more workloads than one node runs.
+                node: self.node().to_string(),
+            },
             Some(CALL_TIMEOUT),
         );
         let items = match c.list_objects(req).await {
