@@ -341,3 +341,53 @@ proptest! {
         }
     }
 }
+
+fn sealed_chain(texts: &[String]) -> Vec<crate::EventRecord> {
+    let mut prev = crate::GENESIS_HASH.to_string();
+    let mut out = Vec::new();
+    for (i, t) in texts.iter().enumerate() {
+        let r = crate::EventRecord::seal(
+            i as u64 + 1,
+            i as u64 + 1,
+            i as i64,
+            Actor::user("alice"),
+            format!("c{i}"),
+            format!("c{i}"),
+            Event::IntentStated { text: t.clone() },
+            prev,
+        );
+        prev = r.hash.clone();
+        out.push(r);
+    }
+    out
+}
+
+proptest! {
+    /// A sealed chain verifies, and changing any field of any record, or
+    /// dropping a record, is detected.
+    #[test]
+    fn the_hash_chain_verifies_and_detects_tampering(
+        texts in proptest::collection::vec(".{0,20}", 1..40),
+        victim in any::<prop::sample::Index>(),
+        how in 0u8..3,
+    ) {
+        let chain = sealed_chain(&texts);
+        let head = crate::verify_chain(crate::GENESIS_HASH, &chain).expect("a sealed chain verifies");
+        prop_assert_eq!(&head, &chain.last().expect("non-empty").hash);
+
+        let mut bad = chain.clone();
+        let i = victim.index(bad.len());
+        match how {
+            0 => bad[i].event = Event::IntentStated { text: format!("{}!", texts[i]) },
+            1 => bad[i].actor = Actor::user("mallory"),
+            _ => { bad.remove(i); }
+        }
+        if how == 2 && i == chain.len() - 1 {
+            // Dropping the head leaves a valid, shorter chain; its head differs.
+            let head2 = crate::verify_chain(crate::GENESIS_HASH, &bad).expect("prefix verifies");
+            prop_assert_ne!(head2, head);
+        } else {
+            prop_assert!(crate::verify_chain(crate::GENESIS_HASH, &bad).is_err());
+        }
+    }
+}
