@@ -89,15 +89,29 @@ fn check(n: &NodeDecision, spec: &WorkloadSpec) -> Check {
             Check::Fail("gpu_count")
         };
     }
-    let model_ok = |g: &&crate::GpuInfo| spec.gpu_model.as_ref().is_none_or(|m| &g.model == m);
-    if !n.capabilities.gpus.iter().any(|g| model_ok(&g)) {
+    // One pass over the node's GPUs, without allocating: whether any GPU
+    // has the model, whether any also has the memory, and how many of
+    // those are free (the same count as `free_gpus().filter(eligible)`).
+    let (mut any_model, mut any_eligible, mut free) = (false, false, 0usize);
+    for g in &n.capabilities.gpus {
+        if spec.gpu_model.as_ref().is_some_and(|m| &g.model != m) {
+            continue;
+        }
+        any_model = true;
+        if g.memory_mb < spec.min_gpu_memory_mb {
+            continue;
+        }
+        any_eligible = true;
+        if !n.allocated.contains_key(&g.uuid) {
+            free += 1;
+        }
+    }
+    if !any_model {
         return Check::Fail("gpu_model");
     }
-    let eligible = |g: &&crate::GpuInfo| model_ok(g) && g.memory_mb >= spec.min_gpu_memory_mb;
-    if !n.capabilities.gpus.iter().any(|g| eligible(&g)) {
+    if !any_eligible {
         return Check::Fail("gpu_memory");
     }
-    let free = n.free_gpus().filter(eligible).count();
     if free >= need {
         Check::Fit { used_after: n.allocated.len() + need, total }
     } else {
