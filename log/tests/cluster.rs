@@ -226,7 +226,20 @@ async fn a_member_restarts_with_its_history() -> anyhow::Result<()> {
         node.shutdown().await?;
         r
     };
-    let node = LogNode::open(opts).await.context("reopen")?;
+    // `shutdown` stops raft, but openraft's state-machine worker and the
+    // proposer's in-flight tasks drop their handles on the database a moment
+    // later, so an in-process reopen waits for RocksDB's lock to be released.
+    // (A restarted clawd is a new process and never sees this.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let node = loop {
+        match LogNode::open(opts.clone()).await {
+            Ok(node) => break node,
+            Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("reopen")),
+        }
+    };
     node.initialize_single().await?;
     assert_eq!((node.store.last_seq(), node.store.last_hash()), (seq, hash));
     eventually("the member to lead again", || {
