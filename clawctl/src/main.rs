@@ -99,7 +99,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let actor = actor_or_default(cli.actor, std::env::var("USER").ok());
+    let actor = actor_or_default(cli.actor, os_user());
     let target = Target { server: cli.server, actor, stale: cli.stale };
     let format = cli.output;
     let connect = || target.connect();
@@ -124,6 +124,22 @@ async fn run(cli: Cli) -> Result<()> {
 /// containers) counts as unset rather than as an invalid actor.
 fn actor_or_default(flag: Option<String>, user: Option<String>) -> String {
     flag.or(user.filter(|u| !u.is_empty())).unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The OS user: $USER or $LOGNAME, else the name /etc/passwd gives the
+/// process's uid (shells in containers often leave $USER unset).
+fn os_user() -> Option<String> {
+    let env = ["USER", "LOGNAME"].iter().find_map(|k| std::env::var(k).ok().filter(|u| !u.is_empty()));
+    env.or_else(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.to_string();
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            (f.nth(1)? == uid).then(|| name.to_string())
+        })
+    })
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
