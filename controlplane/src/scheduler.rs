@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use claw_commands::{evolve, pending_in_order, plan, Actor, ActorKind, Command, DecisionState, Event, Strategy};
+use claw_commands::{
+    evolve, pending_in_order, plan, Actor, ActorKind, Command, DecisionState, Event, Strategy, WorkloadStatus,
+};
 use claw_log::LogNode;
 use futures::StreamExt;
 use openraft::ServerState;
@@ -68,10 +70,13 @@ impl Scheduler {
         // the same state would plan the same way again.
         let mut idle_at: Option<u64> = None;
         loop {
+            // Node silence is judged on the tick; a store change (every apply
+            // batch, heartbeats included) only matters for pending workloads.
+            let mut ticked = false;
             tokio::select! {
                 _ = shutdown.changed() => {}
                 r = changes.changed() => if r.is_err() { return },
-                _ = tick.tick() => {}
+                _ = tick.tick() => ticked = true,
             }
             if *shutdown.borrow() {
                 return;
@@ -82,21 +87,35 @@ impl Scheduler {
                 continue;
             }
             let since = *leader_since.get_or_insert_with(Instant::now);
-            let state = self.node.store.decision();
             // A new leader (or a cluster back from an outage) gives nodes one
             // full timeout to heartbeat before judging them.
-            if since.elapsed() >= Duration::from_millis(self.opts.node_timeout_ms) && self.check_nodes(&state).await > 0
-            {
-                idle_at = None;
+            if ticked && since.elapsed() >= Duration::from_millis(self.opts.node_timeout_ms) && self.any_silent_node() {
+                let state = self.node.store.decision();
+                if self.check_nodes(&state).await > 0 {
+                    idle_at = None;
+                    continue;
+                }
+            }
+            // Look before cloning: with nothing pending, or nothing changed
+            // since a pass that proposed nothing, there is no pass to make.
+            let skip = self.node.store.with_decision(|d| {
+                idle_at == Some(d.last_seq) || !d.workloads.values().any(|w| w.status == WorkloadStatus::Pending)
+            });
+            if skip {
                 continue;
             }
-            if idle_at == Some(state.last_seq) {
-                continue;
-            }
+            let state = self.node.store.decision();
             let seq = state.last_seq;
             let proposed = self.schedule_pass(state).await;
             idle_at = if proposed == 0 { Some(seq) } else { None };
         }
+    }
+
+    /// Whether a Ready node has been silent past the timeout (read in place).
+    fn any_silent_node(&self) -> bool {
+        let now = now_ms();
+        let timeout = self.opts.node_timeout_ms as i64;
+        self.node.store.with_decision(|d| d.nodes.values().any(|n| n.ready && now - n.last_heartbeat_ms > timeout))
     }
 
     /// Proposes `MarkNodeNotReady` for Ready nodes that have been silent

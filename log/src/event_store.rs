@@ -131,6 +131,11 @@ impl EventStore {
         f(&self.read_live().view)
     }
 
+    /// Reads the live decision state in place, without cloning it.
+    pub fn with_decision<T>(&self, f: impl FnOnce(&DecisionState) -> T) -> T {
+        f(&self.read_live().decision)
+    }
+
     /// A clone of the live decision state.
     pub fn decision(&self) -> DecisionState {
         self.read_live().decision.clone()
