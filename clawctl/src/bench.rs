@@ -32,6 +32,9 @@ pub enum BenchCommand {
     /// Register simulated nodes, submit workloads and measure placements/s
     /// and submit→placed latency.
     Schedule(crate::bench_schedule::ScheduleArgs),
+    /// Grow a history through the API, then time past states, a filtered
+    /// events query, a full-scan aggregate and an as-of query over it.
+    History(crate::bench_history::HistoryArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -164,6 +167,7 @@ pub async fn run(target: &Target, format: Format, command: BenchCommand) -> Resu
     let args = match command {
         BenchCommand::Append(args) => args,
         BenchCommand::Schedule(args) => return crate::bench_schedule::run(target, format, args).await,
+        BenchCommand::History(args) => return crate::bench_history::run(target, format, args).await,
     };
     args.validate()?;
     let channels = args.clients.div_ceil(CLIENTS_PER_CHANNEL);

@@ -104,7 +104,7 @@ pub fn sim_node(tag: &str, i: usize, gpus: u32) -> v1::RegisterNode {
 }
 
 /// Submits every command with `clients` in flight; returns the errors and the first one.
-async fn submit_all(client: &Client, clients: usize, commands: Vec<Command>) -> (u64, Option<String>) {
+pub async fn submit_all(client: &Client, clients: usize, commands: Vec<Command>) -> (u64, Option<String>) {
     let results: Vec<Result<v1::SubmitResponse, tonic::Status>> = futures::stream::iter(commands)
         .map(|c| {
             let client = client.clone();

@@ -290,6 +290,7 @@ fn created_object(event: &Event) -> Option<String> {
     match event {
         Event::WorkloadSubmitted { workload_id, .. } => Some(workload_id.clone()),
         Event::ProposalCreated { proposal_id, .. } => Some(proposal_id.clone()),
+        Event::GpuHealthCheckRequested { check_id, .. } => Some(check_id.clone()),
         _ => None,
     }
 }

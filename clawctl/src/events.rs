@@ -339,6 +339,15 @@ pub fn summary(event: &Event) -> String {
         Event::MemberAdded { member_id, addr, voter } => {
             format!("member {member_id} {addr} {}", if *voter { "voter" } else { "learner" })
         }
+        Event::GpuHealthCheckRequested { node, check_id } => format!("{check_id} on {node}"),
+        Event::GpuHealthChecked { node, check_id, results, error } => match error {
+            Some(e) => format!("{check_id} on {node} error={}", quote(e)),
+            None => {
+                let passed = results.iter().filter(|r| r.passed).count();
+                let gflops: f64 = results.iter().map(|r| r.gflops).sum();
+                format!("{check_id} on {node} passed={passed}/{} gflops={gflops:.1}", results.len())
+            }
+        },
     };
     output::truncate(&line, 100)
 }

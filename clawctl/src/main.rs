@@ -4,6 +4,7 @@
 //! stored event the server returns.
 
 mod bench;
+mod bench_history;
 mod bench_schedule;
 mod client;
 mod events;
@@ -12,6 +13,9 @@ mod member;
 mod node;
 mod output;
 mod proposal;
+mod replay;
+mod sql;
+mod state_diff;
 mod status;
 #[cfg(test)]
 mod testing;
@@ -79,6 +83,16 @@ enum Cmd {
     /// List, add and promote control-plane members.
     #[command(subcommand)]
     Member(member::MemberCommand),
+    /// The cluster as it was at any moment, the events between two moments
+    /// with the change each made, or one workload's whole story.
+    Replay(replay::ReplayArgs),
+    /// The net difference in cluster state between two moments.
+    Diff(replay::DiffArgs),
+    /// Run SQL over the history and the projections.
+    Sql(sql::SqlArgs),
+    /// Write the history out for other tools (Parquet, JSON lines).
+    #[command(subcommand)]
+    Export(sql::ExportCommand),
     /// Measure the cluster.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -115,6 +129,10 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Proposal(command) => proposal::run(&connect().await?, format, command).await,
         Cmd::Node(command) => node::run(&connect().await?, format, command).await,
         Cmd::Member(command) => member::run(&connect().await?, format, command).await,
+        Cmd::Replay(args) => replay::run(&connect().await?, format, args).await,
+        Cmd::Diff(args) => replay::diff(&connect().await?, format, args).await,
+        Cmd::Sql(args) => sql::run(&connect().await?, format, args).await,
+        Cmd::Export(command) => sql::export(&connect().await?, command).await,
         // The bench opens its own connections, several of them.
         Cmd::Bench(command) => bench::run(&target, format, command).await,
     }
@@ -187,6 +205,24 @@ mod tests {
         let Cmd::Intent { text } = cli.command else { panic!("not an intent") };
         assert_eq!(text.join(" "), "keep H100s busy");
         assert!(Cli::try_parse_from(["clawctl", "intent"]).is_err());
+    }
+
+    #[test]
+    fn replay_takes_a_moment_a_range_or_a_workload() {
+        let cli = Cli::try_parse_from(["clawctl", "replay", "--at", "-2h"]).unwrap();
+        let Cmd::Replay(args) = cli.command else { panic!("not replay") };
+        assert_eq!(args.at.as_deref(), Some("-2h"));
+        let cli = Cli::try_parse_from(["clawctl", "replay", "--from", "10", "--to", "20"]).unwrap();
+        let Cmd::Replay(args) = cli.command else { panic!("not replay") };
+        assert_eq!((args.from.as_deref(), args.to.as_deref()), (Some("10"), Some("20")));
+        let cli = Cli::try_parse_from(["clawctl", "replay", "workload", "train-1"]).unwrap();
+        let Cmd::Replay(args) = cli.command else { panic!("not replay") };
+        assert!(matches!(args.command, Some(replay::ReplayCommand::Workload { .. })));
+        assert!(Cli::try_parse_from(["clawctl", "replay", "--at", "5", "--from", "1"]).is_err());
+        assert!(Cli::try_parse_from(["clawctl", "replay", "--to", "5"]).is_err());
+        let cli = Cli::try_parse_from(["clawctl", "diff", "10", "-1h"]).unwrap();
+        let Cmd::Diff(args) = cli.command else { panic!("not diff") };
+        assert_eq!((args.from.as_str(), args.to.as_deref()), ("10", Some("-1h")));
     }
 
     #[test]

@@ -151,4 +151,14 @@ impl Claw for FakeClaw {
     async fn add_member(&self, _: Request<v1::AddMemberRequest>) -> Result<Response<v1::AddMemberResponse>, Status> {
         Err(Status::unimplemented("add_member"))
     }
+
+    async fn get_state(&self, _: Request<v1::GetStateRequest>) -> Result<Response<v1::GetStateResponse>, Status> {
+        Err(Status::unimplemented("get_state"))
+    }
+
+    type QueryStream = futures::stream::Iter<std::vec::IntoIter<Result<v1::QueryResponse, Status>>>;
+
+    async fn query(&self, _: Request<v1::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
+        Err(Status::unimplemented("query"))
+    }
 }

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{GpuSample, NodeCapabilities, Placement, WorkloadSpec};
+use crate::{GpuHealthResult, GpuSample, NodeCapabilities, Placement, WorkloadSpec};
 
 /// The action a proposal asks to take once approved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +116,20 @@ pub enum Command {
         /// Put the node's workloads back to Pending instead of marking them Lost.
         requeue: bool,
     },
+    /// Asks the node's agent to run the GPU health check on its devices.
+    /// `check_id` may be empty: the API layer derives one from the command id.
+    RequestHealthCheck {
+        node: String,
+        check_id: String,
+    },
+    /// The agent's answer to `RequestHealthCheck`: one result per device, or
+    /// `error` when the check could not run at all (no usable adapter).
+    ReportHealthCheck {
+        node: String,
+        check_id: String,
+        results: Vec<GpuHealthResult>,
+        error: Option<String>,
+    },
 }
 
 impl Command {
@@ -138,6 +152,8 @@ impl Command {
             Command::RecordUnschedulable { .. } => "RecordUnschedulable",
             Command::ReportWorkloadLogs { .. } => "ReportWorkloadLogs",
             Command::MarkNodeNotReady { .. } => "MarkNodeNotReady",
+            Command::RequestHealthCheck { .. } => "RequestHealthCheck",
+            Command::ReportHealthCheck { .. } => "ReportHealthCheck",
         }
     }
 }

@@ -393,6 +393,31 @@ pub fn decide(state: &DecisionState, env: &CommandEnvelope) -> Result<Vec<Event>
             }
             Ok(events)
         }
+        Command::RequestHealthCheck { node, check_id } => {
+            require_node(state, node)?;
+            validate_name("check_id", check_id)?;
+            Ok(vec![Event::GpuHealthCheckRequested { node: node.clone(), check_id: check_id.clone() }])
+        }
+        Command::ReportHealthCheck { node, check_id, results, error } => {
+            require_node(state, node)?;
+            validate_name("check_id", check_id)?;
+            if let Some(e) = error {
+                require_text("error", e, 16 * 1024)?;
+            }
+            for (i, r) in results.iter().enumerate() {
+                let numbers = [r.gflops, r.checksum, r.reference_checksum, r.max_abs_error, r.elapsed_ms];
+                if numbers.iter().any(|x| !x.is_finite()) {
+                    return Err(Rejection::invalid(&format!("results[{i}]"), "numbers must be finite"));
+                }
+                require_text(&format!("results[{i}].detail"), &r.detail, 4096)?;
+            }
+            Ok(vec![Event::GpuHealthChecked {
+                node: node.clone(),
+                check_id: check_id.clone(),
+                results: results.clone(),
+                error: error.clone(),
+            }])
+        }
     }
 }
 
@@ -621,7 +646,11 @@ pub fn evolve(state: &mut DecisionState, seq: u64, time_ms: i64, event: &Event) 
         Event::MemberAdded { member_id, addr, .. } => {
             state.members.insert(*member_id, addr.clone());
         }
-        Event::IntentStated { .. } | Event::CommandRejected { .. } | Event::WorkloadLogChunk { .. } => {}
+        Event::IntentStated { .. }
+        | Event::CommandRejected { .. }
+        | Event::WorkloadLogChunk { .. }
+        | Event::GpuHealthCheckRequested { .. }
+        | Event::GpuHealthChecked { .. } => {}
     }
 }
 

@@ -30,6 +30,26 @@ pub struct GpuSample {
     pub power_w: f64,
 }
 
+/// One device's outcome of the GPU health check (a matrix multiply checked
+/// against a CPU reference). Numbers are always finite: the agent stores a
+/// non-finite measurement as 0 with `passed` false, because JSON has no NaN.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GpuHealthResult {
+    /// `"cuda"` or `"wgpu"`.
+    pub runtime: String,
+    /// The adapter or GPU name the runtime reported (e.g. `llvmpipe`).
+    pub device: String,
+    pub device_index: u32,
+    pub matrix_size: u32,
+    pub passed: bool,
+    pub gflops: f64,
+    pub checksum: f64,
+    pub reference_checksum: f64,
+    pub max_abs_error: f64,
+    pub elapsed_ms: f64,
+    pub detail: String,
+}
+
 /// Something that happened. Events are facts: they are never edited, and a
 /// released variant is never reused or repurposed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +159,18 @@ pub enum Event {
         reason: String,
         requeued: bool,
     },
+    /// Someone asked the node's agent to run the GPU health check.
+    GpuHealthCheckRequested {
+        node: String,
+        check_id: String,
+    },
+    /// The node's agent ran (or failed to run) the GPU health check.
+    GpuHealthChecked {
+        node: String,
+        check_id: String,
+        results: Vec<GpuHealthResult>,
+        error: Option<String>,
+    },
 }
 
 impl Event {
@@ -163,6 +195,8 @@ impl Event {
         "WorkloadLogChunk",
         "NodeNotReady",
         "WorkloadLost",
+        "GpuHealthCheckRequested",
+        "GpuHealthChecked",
     ];
 
     pub fn kind(&self) -> &'static str {
@@ -187,6 +221,8 @@ impl Event {
             Event::WorkloadLogChunk { .. } => "WorkloadLogChunk",
             Event::NodeNotReady { .. } => "NodeNotReady",
             Event::WorkloadLost { .. } => "WorkloadLost",
+            Event::GpuHealthCheckRequested { .. } => "GpuHealthCheckRequested",
+            Event::GpuHealthChecked { .. } => "GpuHealthChecked",
         }
     }
 
@@ -218,7 +254,9 @@ impl Event {
             | Event::WorkloadPlaced { node, .. }
             | Event::WorkloadLogChunk { node, .. }
             | Event::NodeNotReady { node, .. }
-            | Event::WorkloadLost { node, .. } => Some(node),
+            | Event::WorkloadLost { node, .. }
+            | Event::GpuHealthCheckRequested { node, .. }
+            | Event::GpuHealthChecked { node, .. } => Some(node),
             Event::ProposalCreated { action: ProposalAction::DrainNode { node }, .. } => Some(node),
             _ => None,
         }

@@ -24,7 +24,7 @@ pub use decision::{
 };
 pub use envelope::{Actor, ActorKind, CommandEnvelope};
 pub use error::{Error, Rejection, Result};
-pub use event::{Event, GpuInfo, GpuSample, NodeCapabilities};
+pub use event::{Event, GpuHealthResult, GpuInfo, GpuSample, NodeCapabilities};
 pub use placement::{NodeVerdict, Placement, FILTERS};
 pub use record::{derive_id, verify_chain, ChainError, EventRecord, GENESIS_HASH};
 pub use scheduler::{pending_in_order, plan, schedule, Plan, Strategy};

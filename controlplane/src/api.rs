@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
 
+use claw_analytics::{batches_to_ipc, Analytics};
 use claw_commands::{derive_id, Actor, ActorKind, Command, CommandEnvelope, Event, Rejection};
 use claw_log::{ApplyResponse, EventFilter, LogNode};
 use claw_proto::v1::{self, claw_server::Claw, Consistency};
@@ -18,6 +19,7 @@ pub struct ClawApi {
     node: LogNode,
     id: u64,
     forward: Forwarder,
+    analytics: Analytics,
 }
 
 /// Who issued a request. This is the one place that decides it: until
@@ -87,8 +89,8 @@ enum Route {
 }
 
 impl ClawApi {
-    pub fn new(node: LogNode, id: u64) -> Self {
-        ClawApi { node, id, forward: Forwarder::default() }
+    pub fn new(node: LogNode, id: u64, analytics: Analytics) -> Self {
+        ClawApi { node, id, forward: Forwarder::default(), analytics }
     }
 
     fn leader_addr(&self, leader: Option<u64>) -> Option<String> {
@@ -143,6 +145,9 @@ impl ClawApi {
         match command {
             Command::SubmitWorkload { workload_id, .. } if workload_id.is_empty() => {
                 *workload_id = derive_id("w", command_id)
+            }
+            Command::RequestHealthCheck { check_id, .. } if check_id.is_empty() => {
+                *check_id = derive_id("hc", command_id)
             }
             Command::CreateProposal { proposal_id, basis_seq, .. } => {
                 if proposal_id.is_empty() {
@@ -220,6 +225,7 @@ fn submit_response(
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchResponse, Status>> + Send + 'static>>;
+type QueryStream = Pin<Box<dyn Stream<Item = Result<v1::QueryResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Claw for ClawApi {
@@ -246,6 +252,7 @@ impl Claw for ClawApi {
                     let object_id = match &command {
                         Command::SubmitWorkload { workload_id, .. } => workload_id.clone(),
                         Command::CreateProposal { proposal_id, .. } => proposal_id.clone(),
+                        Command::RequestHealthCheck { check_id, .. } => check_id.clone(),
                         _ => String::new(),
                     };
                     let env = CommandEnvelope {
@@ -418,6 +425,67 @@ impl Claw for ClawApi {
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
         }))
+    }
+
+    async fn get_state(&self, req: Request<v1::GetStateRequest>) -> Result<Response<v1::GetStateResponse>, Status> {
+        if let Route::Leader(addr) = self.read_route(req.metadata(), req.get_ref().consistency).await? {
+            let md = req.metadata().clone();
+            return self.forward.client(&addr)?.get_state(Forwarder::request(&md, req.into_inner())).await;
+        }
+        let at = req.into_inner().at;
+        let store = self.node.store.clone();
+        // A past state is a checkpoint load plus a bounded replay: blocking IO.
+        let (view, last_seq) = tokio::task::spawn_blocking(move || {
+            let last_seq = store.last_seq();
+            let seq = match at {
+                None => last_seq,
+                Some(v1::get_state_request::At::Seq(seq)) => seq,
+                Some(v1::get_state_request::At::TimeMs(t)) => store.seq_at_time(t)?,
+            };
+            store.view_at(seq).map(|v| (v, last_seq))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("state read task failed: {e}")))?
+        .map_err(|e| match e {
+            claw_log::Error::BeyondEnd { .. } | claw_log::Error::Compacted { .. } => {
+                Status::out_of_range(e.to_string())
+            }
+            other => Status::internal(format!("reading past state failed: {other}")),
+        })?;
+        Ok(Response::new(v1::GetStateResponse {
+            view_json: to_json(&view)?,
+            seq: view.last_seq,
+            time_ms: view.last_time_ms,
+            last_seq,
+        }))
+    }
+
+    type QueryStream = QueryStream;
+
+    async fn query(&self, req: Request<v1::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
+        if let Route::Leader(addr) = self.read_route(req.metadata(), req.get_ref().consistency).await? {
+            let md = req.metadata().clone();
+            let stream = self.forward.client(&addr)?.query(Forwarder::request(&md, req.into_inner())).await?;
+            return Ok(Response::new(Box::pin(stream.into_inner())));
+        }
+        let sql = req.into_inner().sql;
+        // Planning errors (syntax, unknown table or column) are the user's:
+        // InvalidArgument with DataFusion's message and position.
+        let mut batches = self.analytics.query_stream(&sql).await.map_err(Status::from)?;
+        let schema = batches.schema();
+        let stream = async_stream::stream! {
+            let mut sent = false;
+            while let Some(batch) = batches.next().await {
+                let batch = batch.map_err(|e| Status::from(claw_analytics::Error::from(e)))?;
+                let bytes = batches_to_ipc(&schema, &[batch]).map_err(Status::from)?;
+                sent = true;
+                yield Ok(v1::QueryResponse { arrow_ipc: bytes });
+            }
+            if !sent {
+                yield batches_to_ipc(&schema, &[]).map(|bytes| v1::QueryResponse { arrow_ipc: bytes }).map_err(Status::from);
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn add_member(&self, req: Request<v1::AddMemberRequest>) -> Result<Response<v1::AddMemberResponse>, Status> {

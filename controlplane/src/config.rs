@@ -29,6 +29,22 @@ impl Default for RaftOptions {
     }
 }
 
+/// Time travel and analytics settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryOptions {
+    /// A checkpoint of the projections is stored every this many events: a
+    /// past state costs one checkpoint load plus at most this many events
+    /// of replay. Smaller reads faster and writes more.
+    pub checkpoint_every: u64,
+}
+
+impl Default for HistoryOptions {
+    fn default() -> Self {
+        HistoryOptions { checkpoint_every: 10_000 }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogFormatOptions {
@@ -64,6 +80,7 @@ pub struct Options {
     pub log: LogFormatOptions,
     pub raft: RaftOptions,
     pub scheduler: SchedulerOptions,
+    pub history: HistoryOptions,
 }
 
 impl Default for Options {
@@ -77,6 +94,7 @@ impl Default for Options {
             log: LogFormatOptions::default(),
             raft: RaftOptions::default(),
             scheduler: SchedulerOptions::default(),
+            history: HistoryOptions::default(),
         }
     }
 }
@@ -140,6 +158,7 @@ impl Options {
         env_parse(env, "CLAW_SCHEDULER_STRATEGY", &mut o.scheduler.strategy)?;
         env_parse(env, "CLAW_SCHEDULER_NODE_TIMEOUT_MS", &mut o.scheduler.node_timeout_ms)?;
         env_parse(env, "CLAW_SCHEDULER_INTERVAL_MS", &mut o.scheduler.interval_ms)?;
+        env_parse(env, "CLAW_HISTORY_CHECKPOINT_EVERY", &mut o.history.checkpoint_every)?;
 
         if let Some(v) = flags.id {
             o.id = v;
@@ -186,6 +205,9 @@ impl Options {
         let adv = self.advertise_addr();
         if !adv.contains(':') || adv.starts_with(':') {
             return Err(Error::Config(format!("advertise: {adv:?} must be host:port")));
+        }
+        if self.history.checkpoint_every == 0 {
+            return Err(Error::Config("history.checkpoint_every: must be at least 1".into()));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(Error::Config(format!("log.format: {:?} must be \"text\" or \"json\"", self.log.format)));

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use claw_commands::{Actor, Command};
+use claw_analytics::Analytics;
 use claw_log::{LogNode, LogOptions};
 use claw_proto::v1::claw_server::ClawServer;
 use tokio::sync::{oneshot, watch};
@@ -44,9 +45,11 @@ impl Server {
             election_timeout_max_ms: opts.raft.election_timeout_max_ms,
             snapshot_logs_since_last: opts.raft.snapshot_logs_since_last,
             max_in_snapshot_log_to_keep: opts.raft.max_in_snapshot_log_to_keep,
+            checkpoint_every: opts.history.checkpoint_every,
         };
         let node = LogNode::open(log_opts).await?;
-        let api = Arc::new(ClawApi::new(node.clone(), opts.id));
+        let analytics = Analytics::new(node.store.clone());
+        let api = Arc::new(ClawApi::new(node.clone(), opts.id, analytics.clone()));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<ClawServer<Arc<ClawApi>>>().await;
@@ -60,6 +63,8 @@ impl Server {
             .tcp_nodelay(true)
             .add_service(ClawServer::from_arc(api.clone()).max_decoding_message_size(64 << 20))
             .add_service(node.raft_service())
+            // Arrow Flight SQL on the same port, for ADBC/JDBC clients.
+            .add_service(analytics.flight_service())
             .add_service(health_service)
             .add_service(reflection);
         // The builder's tcp_nodelay only covers listeners tonic binds itself;

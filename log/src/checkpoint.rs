@@ -22,3 +22,10 @@ impl Default for Checkpoint {
         }
     }
 }
+
+/// Only the view of a stored checkpoint: past-state reads skip decoding the
+/// decision state.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CheckpointView {
+    pub(crate) view: ClusterView,
+}

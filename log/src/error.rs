@@ -6,6 +6,9 @@ pub enum Error {
     /// A watch or read asked for history that retention has removed.
     #[error("seq {requested} is compacted, oldest available is {oldest}")]
     Compacted { requested: u64, oldest: u64 },
+    /// A past-state query asked for a seq the history has not reached.
+    #[error("seq {requested} is after the last event (seq {last})")]
+    BeyondEnd { requested: u64, last: u64 },
     /// RocksDB or the file system failed.
     #[error("storage error: {0}")]
     Storage(String),

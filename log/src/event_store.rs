@@ -7,7 +7,7 @@ use futures::Stream;
 use openraft::{BasicNode, LogId, StoredMembership};
 use tokio::sync::watch;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointView};
 use crate::db::{decode_json, Db};
 use crate::keys::{decode_u64, show_key, u64_key, SmMetaKey, CF_EVENTS, CF_SM_META};
 use crate::log_stats::Counters;
@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     /// The last seq whose event is durable in RocksDB.
     pub(crate) watch_tx: watch::Sender<u64>,
     pub(crate) counters: Arc<Counters>,
+    /// A checkpoint is stored every this many events (`LogOptions::checkpoint_every`).
+    pub(crate) checkpoint_every: u64,
 }
 
 /// The read side of one member's log: the stored event history, the live
@@ -45,7 +47,7 @@ pub struct EventStore {
 impl EventStore {
     /// Loads the state machine from `db`: the newest checkpoint, then a
     /// replay of the events stored after it.
-    pub(crate) fn load(db: Arc<Db>, counters: Arc<Counters>) -> Result<EventStore> {
+    pub(crate) fn load(db: Arc<Db>, counters: Arc<Counters>, checkpoint_every: u64) -> Result<EventStore> {
         let last_applied: Option<LogId<u64>> = db.get_json(CF_SM_META, &SmMetaKey::LastApplied.encode())?;
         let membership: StoredMembership<u64, BasicNode> =
             db.get_json(CF_SM_META, &SmMetaKey::Membership.encode())?.unwrap_or_default();
@@ -81,7 +83,9 @@ impl EventStore {
         counters.applied_index.store(last_applied.map_or(0, |l| l.index), std::sync::atomic::Ordering::Relaxed);
         let live = Live { decision, view, last_seq, last_hash, oldest_seq, last_applied, membership };
         let (watch_tx, _) = watch::channel(last_seq);
-        Ok(EventStore { shared: Arc::new(Shared { db, live: RwLock::new(live), watch_tx, counters }) })
+        Ok(EventStore {
+            shared: Arc::new(Shared { db, live: RwLock::new(live), watch_tx, counters, checkpoint_every }),
+        })
     }
 
     pub(crate) fn read_live(&self) -> RwLockReadGuard<'_, Live> {
@@ -90,6 +94,10 @@ impl EventStore {
 
     pub(crate) fn write_live(&self) -> RwLockWriteGuard<'_, Live> {
         self.shared.live.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn checkpoint_every(&self) -> u64 {
+        self.shared.checkpoint_every
     }
 
     pub(crate) fn db(&self) -> &Arc<Db> {
@@ -139,6 +147,64 @@ impl EventStore {
     /// A clone of the live decision state.
     pub fn decision(&self) -> DecisionState {
         self.read_live().decision.clone()
+    }
+
+    /// The cluster view right after event `seq` (the empty view for seq 0):
+    /// the nearest stored checkpoint at or before `seq`, plus a replay of at
+    /// most `checkpoint_every` events after it. Never reads the live state,
+    /// so it is exactly the fold of the first `seq` events.
+    pub fn view_at(&self, seq: u64) -> Result<ClusterView> {
+        let last = self.last_seq();
+        if seq > last {
+            return Err(Error::BeyondEnd { requested: seq, last });
+        }
+        let db = &self.shared.db;
+        let mut view = match db.last_at_or_before(CF_SM_META, &SmMetaKey::Checkpoint(seq).encode())? {
+            Some((k, v)) if SmMetaKey::checkpoint_seq(&k).is_some() => {
+                decode_json::<CheckpointView>(CF_SM_META, &k, &v)?.view
+            }
+            _ => ClusterView::default(),
+        };
+        if view.last_seq < seq {
+            for rec in self.read_range(view.last_seq + 1, seq)? {
+                view.apply(&rec);
+            }
+        }
+        Ok(view)
+    }
+
+    /// The seq of the last event stamped at or before `time_ms` (0 when
+    /// the history starts later). Event times never decrease along the log,
+    /// so the seq-keyed history is searched in O(log n) point reads.
+    pub fn seq_at_time(&self, time_ms: i64) -> Result<u64> {
+        let (oldest, last) = {
+            let live = self.read_live();
+            (live.oldest_seq, live.last_seq)
+        };
+        if last == 0 || oldest > last {
+            return Ok(0);
+        }
+        let time_of = |seq: u64| -> Result<i64> {
+            let key = u64_key(seq);
+            let rec: EventRecord = self.shared.db.get_json(CF_EVENTS, &key)?.ok_or_else(|| {
+                Error::Storage(format!("event {seq} is missing from {}", self.shared.db.path().display()))
+            })?;
+            Ok(rec.time_ms)
+        };
+        if time_of(oldest)? > time_ms {
+            return Ok(oldest - 1);
+        }
+        // Invariant: time(lo) <= time_ms; the answer is in lo..=hi.
+        let (mut lo, mut hi) = (oldest, last);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if time_of(mid)? <= time_ms {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok(lo)
     }
 
     /// Stored events with `from_seq <= seq <= to_seq` (to the last one when

@@ -37,10 +37,13 @@ pub struct LogNode {
 
 /// Opens the RocksDB database at `dir` and builds the log store, the state
 /// machine and the event store over it.
-pub(crate) fn open_storage(dir: &Path) -> Result<(LogStore, StateMachine, EventStore)> {
+pub(crate) fn open_storage(dir: &Path, checkpoint_every: u64) -> Result<(LogStore, StateMachine, EventStore)> {
+    if checkpoint_every == 0 {
+        return Err(Error::Storage("checkpoint_every must be at least 1".to_string()));
+    }
     let db = Db::open(dir)?;
     let counters = Arc::new(Counters::default());
-    let store = EventStore::load(db.clone(), counters.clone())?;
+    let store = EventStore::load(db.clone(), counters.clone(), checkpoint_every)?;
     let log = LogStore::open(db, counters)?;
     Ok((log, StateMachine::new(store.clone()), store))
 }
@@ -50,7 +53,7 @@ impl LogNode {
     /// gRPC network. The member does nothing until it is initialized or added
     /// to a cluster.
     pub async fn open(opts: LogOptions) -> Result<LogNode> {
-        let (log, sm, store) = open_storage(&opts.data_dir)?;
+        let (log, sm, store) = open_storage(&opts.data_dir, opts.checkpoint_every)?;
         let config = Config {
             cluster_name: "clawbernetes".to_string(),
             heartbeat_interval: opts.heartbeat_ms,

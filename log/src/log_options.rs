@@ -20,6 +20,10 @@ pub struct LogOptions {
     pub snapshot_logs_since_last: u64,
     /// Raft entries kept below the last snapshot so lagging followers catch up without it.
     pub max_in_snapshot_log_to_keep: u64,
+    /// A checkpoint of the projections is stored every this many events, so
+    /// the state at any past seq costs one checkpoint load plus at most this
+    /// many events of replay. Smaller is faster to query and costlier to write.
+    pub checkpoint_every: u64,
 }
 
 impl Default for LogOptions {
@@ -33,6 +37,7 @@ impl Default for LogOptions {
             election_timeout_max_ms: 600,
             snapshot_logs_since_last: 20_000,
             max_in_snapshot_log_to_keep: 1_000,
+            checkpoint_every: 10_000,
         }
     }
 }

@@ -18,15 +18,6 @@ use crate::snapshot_builder::SnapshotBuilder;
 use crate::snapshot_payload::{SnapshotPayload, SnapshotRecord};
 use crate::{ApplyResponse, BatchResponse, CommandBatch, Error, EventStore, Result, TypeConfig};
 
-/// A checkpoint of the in-memory state is stored at least every this many
-/// events. Each one serialises the whole view, so on a large fleet a small
-/// interval costs more than the replay it saves at start-up.
-#[cfg(not(test))]
-pub(crate) const CHECKPOINT_EVERY: u64 = 10_000;
-/// Unit tests cross checkpoints with a history small enough to stay fast.
-#[cfg(test)]
-pub(crate) const CHECKPOINT_EVERY: u64 = 1_000;
-
 /// The replicated state machine: decides each committed command, seals the
 /// resulting events into the hash chain, and stores them with the dedup rows
 /// and applied position in one RocksDB write batch per `apply` call.
@@ -58,6 +49,10 @@ impl StateMachine {
             let published = live.last_seq;
             let mut last_seq = live.last_seq;
             let mut last_hash = live.last_hash.clone();
+            // Event times never go backwards along the log, whichever member
+            // stamped the envelope: that makes the seq-keyed history a time
+            // index too (`EventStore::seq_at_time`).
+            let mut last_time = live.view.last_time_ms;
             for entry in entries {
                 let log_id = entry.log_id;
                 last_applied = Some(log_id);
@@ -113,13 +108,15 @@ impl StateMachine {
                         ),
                     };
                     let first_seq = last_seq + 1;
+                    let time_ms = env.time_ms.max(last_time);
+                    last_time = time_ms;
                     let mut records = Vec::with_capacity(events.len());
                     for event in events {
                         last_seq += 1;
                         let rec = EventRecord::seal(
                             last_seq,
                             log_id.index,
-                            env.time_ms,
+                            time_ms,
                             env.actor.clone(),
                             env.command_id.clone(),
                             env.correlation_id.clone(),
@@ -153,7 +150,11 @@ impl StateMachine {
                 }
                 responses.push(BatchResponse(entry_responses));
             }
-            if last_seq / CHECKPOINT_EVERY != published / CHECKPOINT_EVERY {
+            // A checkpoint whenever the batch crosses a multiple of K. Each one
+            // serialises the whole view, so on a large fleet a small K costs
+            // more in writes than it saves in replay.
+            let every = self.store.checkpoint_every();
+            if last_seq / every != published / every {
                 let mut view = live.view.clone();
                 for rec in &new_records {
                     view.apply(rec);
@@ -231,6 +232,24 @@ impl StateMachine {
         }
         for row in &payload.dedup {
             batch.put_cf(&dedup_cf, dedup_key(&row.command_id), encode_json("dedup row", row)?);
+        }
+        // Rebuild the periodic checkpoints the snapshot's history spans, so
+        // past states are as cheap to read here as on the member that sent it.
+        let every = self.store.checkpoint_every();
+        let mut decision = claw_commands::DecisionState::default();
+        let mut view = claw_projections::ClusterView::default();
+        for rec in &payload.events {
+            evolve(&mut decision, rec.seq, rec.time_ms, &rec.event);
+            view.apply(rec);
+            if rec.seq % every == 0 && rec.seq != cp.last_seq {
+                let periodic = Checkpoint {
+                    last_seq: rec.seq,
+                    last_hash: rec.hash.clone(),
+                    decision: decision.clone(),
+                    view: view.clone(),
+                };
+                batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(rec.seq).encode(), encode_json("checkpoint", &periodic)?);
+            }
         }
         batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(cp.last_seq).encode(), encode_json("checkpoint", cp)?);
         match &meta.last_log_id {

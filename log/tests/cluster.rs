@@ -151,6 +151,7 @@ async fn a_late_member_catches_up_from_a_snapshot() -> anyhow::Result<()> {
         election_timeout_max_ms: 300,
         snapshot_logs_since_last: 100,
         max_in_snapshot_log_to_keep: 0,
+        ..LogOptions::default()
     })
     .await?;
     let service = leader.raft_service();

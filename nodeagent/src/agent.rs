@@ -13,11 +13,13 @@ use tonic::Code;
 use crate::control_plane::{oldest_available, ControlPlane, WorkloadView};
 use crate::docker_runtime::DockerRuntime;
 use crate::exec_runtime::{ExecRuntime, EXIT_LOST};
+use crate::health_check::{pick_runtime, run_health_check, HealthCheckOptions, HealthCheckReport};
 use crate::runtime::{Exit, Found, Launch, Output, Runtime};
 use crate::{AgentState, Error, Gpus, HostInfo, LogChunker, Options, OutputStream, Result, RuntimeKind, StateFile};
 
 /// The event kinds the agent acts on.
-pub const WATCHED_KINDS: &[&str] = &["WorkloadPlaced", "WorkloadCancelRequested", "WorkloadLost"];
+pub const WATCHED_KINDS: &[&str] =
+    &["WorkloadPlaced", "WorkloadCancelRequested", "WorkloadLost", "GpuHealthCheckRequested"];
 /// How often buffered output is sent, at the latest.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -104,6 +106,8 @@ impl Agent {
             boot: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
             supervisors: Mutex::new(HashMap::new()),
             status: self.status.clone(),
+            nvidia_gpus: self.gpus.inventory().gpus.iter().map(|g| g.index).collect(),
+            health_checks: tokio::sync::Mutex::new(()),
         });
         tracing::info!(
             node = %self.opts.name,
@@ -241,6 +245,11 @@ struct Ctx {
     boot: String,
     supervisors: Mutex<HashMap<String, Supervisor>>,
     status: watch::Sender<AgentStatus>,
+    /// NVML indices of this node's NVIDIA GPUs (empty without the driver).
+    nvidia_gpus: Vec<u32>,
+    /// One health check at a time: two would share the devices and skew
+    /// each other's GFLOP/s.
+    health_checks: tokio::sync::Mutex<()>,
 }
 
 struct Supervisor {
@@ -270,7 +279,77 @@ fn handle_event(ctx: &Arc<Ctx>, event: Event) {
         Event::WorkloadLost { workload_id, node, reason, .. } if node == ctx.node => {
             cancel(ctx, &workload_id, format!("declared lost by the control plane: {reason}"))
         }
+        // The request's seq is persisted as handled right after this returns,
+        // so a restarted agent does not run it again; should it crash in
+        // between, the report's command id (derived from the check id) keeps
+        // the first answer the only one recorded.
+        Event::GpuHealthCheckRequested { node, check_id } if node == ctx.node => {
+            tokio::spawn(health_check(ctx.clone(), check_id));
+        }
         _ => {}
+    }
+}
+
+/// Runs the GPU health check (CUDA on each NVIDIA GPU, else wgpu adapter 0)
+/// and reports the results, or why it could not run.
+async fn health_check(ctx: Arc<Ctx>, check_id: String) {
+    let _one_at_a_time = ctx.health_checks.lock().await;
+    let runtime = pick_runtime(ctx.nvidia_gpus.len());
+    let indices = if ctx.nvidia_gpus.is_empty() { vec![0] } else { ctx.nvidia_gpus.clone() };
+    tracing::info!(%check_id, %runtime, devices = ?indices, "running the GPU health check");
+    let outcome = tokio::task::spawn_blocking(move || {
+        let opts = HealthCheckOptions::default();
+        indices.into_iter().map(|i| run_health_check(runtime, i, &opts)).collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+    let (results, error) = match outcome {
+        Ok(Ok(reports)) => (reports.into_iter().map(health_result).collect(), None),
+        Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
+        Err(e) => (Vec::new(), Some(format!("the health check panicked: {e}"))),
+    };
+    match &error {
+        None => tracing::info!(%check_id, results = results.len(), "GPU health check done"),
+        Some(e) => tracing::warn!(%check_id, "GPU health check could not run: {e}"),
+    }
+    let what = format!("reporting health check {check_id}");
+    let report = retry_cp(&what, || ctx.cp.health_checked(&check_id, results.clone(), error.clone())).await;
+    if let Err(e) = report {
+        // A refusal (the node was forgotten) will not change on retry.
+        tracing::warn!(%check_id, "the control plane refused the health report: {e}");
+    }
+}
+
+/// The wire form of one report. JSON has no NaN or infinity, so a
+/// non-finite measurement is stored as 0 and the device counts as failed.
+fn health_result(r: HealthCheckReport) -> v1::GpuHealthResult {
+    let mut passed = r.passed;
+    let mut finite = |x: f64| {
+        if x.is_finite() {
+            x
+        } else {
+            passed = false;
+            0.0
+        }
+    };
+    let (gflops, checksum, reference_checksum, max_abs_error, elapsed_ms) = (
+        finite(r.gflops),
+        finite(r.checksum),
+        finite(r.reference_checksum),
+        finite(r.max_abs_error),
+        finite(r.elapsed_ms),
+    );
+    v1::GpuHealthResult {
+        runtime: r.runtime.as_str().to_string(),
+        device: r.device,
+        device_index: r.device_index,
+        matrix_size: r.matrix_size,
+        passed,
+        gflops,
+        checksum,
+        reference_checksum,
+        max_abs_error,
+        elapsed_ms,
+        detail: r.detail,
     }
 }
 

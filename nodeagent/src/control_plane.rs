@@ -159,6 +159,21 @@ impl ControlPlane {
         self.submit(id, Pb::ReportWorkloadExited(m)).await.map(drop)
     }
 
+    /// The command id is derived from the check id, so a check that runs
+    /// again after a restart is recorded once (the first outcome stands).
+    pub async fn health_checked(
+        &self,
+        check_id: &str,
+        results: Vec<v1::GpuHealthResult>,
+        error: Option<String>,
+    ) -> Result<()> {
+        let node = self.inner.node.clone();
+        let id = format!("{node}:health:{check_id}");
+        let m =
+            v1::ReportHealthCheck { node, check_id: check_id.to_string(), results, error: error.unwrap_or_default() };
+        self.submit(id, Pb::ReportHealthCheck(m)).await.map(drop)
+    }
+
     /// `command_id` is unique per chunk, so a retried chunk is stored once.
     pub async fn workload_logs(&self, command_id: String, workload_id: &str, stream: &str, data: String) -> Result<()> {
         let m = v1::ReportWorkloadLogs {

@@ -18,6 +18,7 @@ mod docker_runtime;
 mod error;
 mod exec_runtime;
 mod gpu;
+mod health_check;
 mod host;
 mod log_chunker;
 mod runtime;
@@ -30,6 +31,10 @@ pub use docker_runtime::{container_name, DockerRuntime, LABEL_NODE, LABEL_WORKLO
 pub use error::{Error, Result};
 pub use exec_runtime::{ExecRuntime, EXIT_LOST};
 pub use gpu::{GpuInventory, Gpus};
+pub use health_check::{
+    pick_runtime, run_health_check, HealthCheckError, HealthCheckOptions, HealthCheckReport, HealthCheckRuntime,
+    MAX_MATRIX_SIZE,
+};
 pub use host::HostInfo;
 pub use log_chunker::{LogChunk, LogChunker, OutputStream};
 pub use runtime::{Exit, Found, Launch, Output, Runtime};

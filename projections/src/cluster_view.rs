@@ -1,8 +1,8 @@
 use std::collections::BTreeMap;
 
 use claw_commands::{
-    Actor, Event, EventRecord, GpuSample, NodeCapabilities, Placement, ProposalAction, ProposalStatus, WorkloadSpec,
-    WorkloadStatus,
+    Actor, Event, EventRecord, GpuHealthResult, GpuSample, NodeCapabilities, Placement, ProposalAction, ProposalStatus,
+    WorkloadSpec, WorkloadStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,27 @@ pub struct NodeRow {
     /// GPU uuid → id of the workload holding it.
     #[serde(default)]
     pub allocated_gpus: BTreeMap<String, String>,
+    /// The node agent's last answer to a GPU health check.
+    #[serde(default)]
+    pub last_health_check: Option<HealthCheckRow>,
+}
+
+/// One `GpuHealthChecked`: per-device results, or why the check could not run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheckRow {
+    pub check_id: String,
+    /// When the report was recorded.
+    pub time_ms: i64,
+    pub seq: u64,
+    pub results: Vec<GpuHealthResult>,
+    pub error: Option<String>,
+}
+
+impl HealthCheckRow {
+    /// Every device passed and the check ran at all.
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && !self.results.is_empty() && self.results.iter().all(|r| r.passed)
+    }
 }
 
 fn yes() -> bool {
@@ -218,6 +239,7 @@ impl ClusterView {
                 let draining = prev.map(|n| n.draining).unwrap_or(false);
                 let drain_reason = prev.and_then(|n| n.drain_reason.clone());
                 let allocated_gpus = prev.map(|n| n.allocated_gpus.clone()).unwrap_or_default();
+                let last_health_check = prev.and_then(|n| n.last_health_check.clone());
                 self.nodes.insert(
                     node.clone(),
                     NodeRow {
@@ -231,6 +253,7 @@ impl ClusterView {
                         ready: true,
                         not_ready_reason: None,
                         allocated_gpus,
+                        last_health_check,
                     },
                 );
             }
@@ -337,7 +360,21 @@ impl ClusterView {
                 row.addr = addr.clone();
                 row.voter = *voter;
             }
-            Event::IntentStated { .. } | Event::CommandRejected { .. } | Event::WorkloadLogChunk { .. } => {}
+            Event::GpuHealthChecked { node, check_id, results, error } => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.last_health_check = Some(HealthCheckRow {
+                        check_id: check_id.clone(),
+                        time_ms: t,
+                        seq,
+                        results: results.clone(),
+                        error: error.clone(),
+                    });
+                }
+            }
+            Event::IntentStated { .. }
+            | Event::CommandRejected { .. }
+            | Event::WorkloadLogChunk { .. }
+            | Event::GpuHealthCheckRequested { .. } => {}
         }
     }
 

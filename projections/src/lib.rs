@@ -9,5 +9,5 @@
 mod cluster_view;
 mod error;
 
-pub use cluster_view::{ClusterView, GpuRow, MemberRow, NodeRow, ProposalRow, WorkloadRow};
+pub use cluster_view::{ClusterView, GpuRow, HealthCheckRow, MemberRow, NodeRow, ProposalRow, WorkloadRow};
 pub use error::{Error, Result};

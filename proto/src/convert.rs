@@ -1,4 +1,6 @@
-use claw_commands::{Command, EventRecord, GpuInfo, GpuSample, NodeCapabilities, ProposalAction, WorkloadSpec};
+use claw_commands::{
+    Command, EventRecord, GpuHealthResult, GpuInfo, GpuSample, NodeCapabilities, ProposalAction, WorkloadSpec,
+};
 
 use crate::v1::{self, submit_request};
 use crate::{ConversionError, Result};
@@ -66,6 +68,42 @@ impl From<v1::GpuSample> for GpuSample {
             memory_used_mb: s.memory_used_mb,
             temperature_c: s.temperature_c,
             power_w: s.power_w,
+        }
+    }
+}
+
+impl From<v1::GpuHealthResult> for GpuHealthResult {
+    fn from(r: v1::GpuHealthResult) -> Self {
+        GpuHealthResult {
+            runtime: r.runtime,
+            device: r.device,
+            device_index: r.device_index,
+            matrix_size: r.matrix_size,
+            passed: r.passed,
+            gflops: r.gflops,
+            checksum: r.checksum,
+            reference_checksum: r.reference_checksum,
+            max_abs_error: r.max_abs_error,
+            elapsed_ms: r.elapsed_ms,
+            detail: r.detail,
+        }
+    }
+}
+
+impl From<GpuHealthResult> for v1::GpuHealthResult {
+    fn from(r: GpuHealthResult) -> Self {
+        v1::GpuHealthResult {
+            runtime: r.runtime,
+            device: r.device,
+            device_index: r.device_index,
+            matrix_size: r.matrix_size,
+            passed: r.passed,
+            gflops: r.gflops,
+            checksum: r.checksum,
+            reference_checksum: r.reference_checksum,
+            max_abs_error: r.max_abs_error,
+            elapsed_ms: r.elapsed_ms,
+            detail: r.detail,
         }
     }
 }
@@ -142,6 +180,26 @@ pub fn command_from_pb(cmd: Option<submit_request::Command>) -> Result<Command> 
         C::ReportWorkloadLogs(l) => {
             Command::ReportWorkloadLogs { workload_id: l.workload_id, node: l.node, stream: l.stream, data: l.data }
         }
+        C::RequestHealthCheck(r) => {
+            if r.node.is_empty() {
+                return Err(ConversionError::Missing("request_health_check.node"));
+            }
+            Command::RequestHealthCheck { node: r.node, check_id: r.check_id }
+        }
+        C::ReportHealthCheck(r) => {
+            if r.node.is_empty() {
+                return Err(ConversionError::Missing("report_health_check.node"));
+            }
+            if r.check_id.is_empty() {
+                return Err(ConversionError::Missing("report_health_check.check_id"));
+            }
+            Command::ReportHealthCheck {
+                node: r.node,
+                check_id: r.check_id,
+                results: r.results.into_iter().map(Into::into).collect(),
+                error: opt(r.error),
+            }
+        }
     })
 }
 
@@ -212,5 +270,28 @@ mod tests {
             oom_killed: true,
         });
         assert!(matches!(command_from_pb(Some(c)).unwrap(), Command::ReportWorkloadExited { oom_killed: true, .. }));
+    }
+
+    #[test]
+    fn health_check_commands_convert_and_name_missing_fields() {
+        let c = submit_request::Command::RequestHealthCheck(v1::RequestHealthCheck::default());
+        assert_eq!(command_from_pb(Some(c)).unwrap_err().to_string(), "missing field request_health_check.node");
+        let result =
+            GpuHealthResult { runtime: "wgpu".into(), device: "llvmpipe".into(), passed: true, ..Default::default() };
+        let c = submit_request::Command::ReportHealthCheck(v1::ReportHealthCheck {
+            node: "n".into(),
+            check_id: "hc-1".into(),
+            results: vec![result.clone().into()],
+            error: String::new(),
+        });
+        assert_eq!(
+            command_from_pb(Some(c)).unwrap(),
+            Command::ReportHealthCheck {
+                node: "n".into(),
+                check_id: "hc-1".into(),
+                results: vec![result],
+                error: None
+            }
+        );
     }
 }

@@ -5,6 +5,10 @@
 //!
 //! It is test-only code; nothing in the product depends on it.
 
+mod ctl;
+
+pub use ctl::Ctl;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

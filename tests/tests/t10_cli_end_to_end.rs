@@ -4,54 +4,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use claw_tests::{binary, Cluster};
-
-struct Ctl {
-    server: String,
-}
-
-impl Ctl {
-    fn run(&self, args: &[&str]) -> Result<(bool, String, String)> {
-        let out = Command::new(binary("clawctl"))
-            .arg("--server")
-            .arg(&self.server)
-            .arg("--as")
-            .arg("alice")
-            .args(args)
-            .output()
-            .context("running clawctl")?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        ))
-    }
-
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let (ok, out, err) = self.run(args)?;
-        ensure!(ok, "clawctl {args:?} failed:\n{out}\n{err}");
-        Ok(out)
-    }
-
-    fn fails(&self, args: &[&str]) -> Result<String> {
-        let (ok, out, err) = self.run(args)?;
-        ensure!(!ok, "clawctl {args:?} should have failed:\n{out}");
-        Ok(err)
-    }
-
-    fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
-        let mut full = vec!["-o", "json"];
-        full.extend_from_slice(args);
-        let out = self.ok(&full)?;
-        serde_json::from_str(&out).with_context(|| format!("clawctl {args:?} printed non-JSON: {out}"))
-    }
-}
+use claw_tests::{Cluster, Ctl};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_submits_lists_cancels_and_reads_history() -> Result<()> {
     let c = Cluster::start(1, &[]).await?;
     c.wait_leader(Duration::from_secs(20)).await?;
-    let ctl = Ctl { server: c.members[0].addr.clone() };
+    let ctl = Ctl::new(&c.members[0].addr);
 
     let status = ctl.ok(&["status"])?;
     ensure!(status.to_lowercase().contains("leader"), "status output: {status}");
@@ -113,7 +72,7 @@ async fn a_user_submits_lists_cancels_and_reads_history() -> Result<()> {
 async fn proposals_are_approved_once_and_stale_ones_are_refused() -> Result<()> {
     let c = Cluster::start(1, &[]).await?;
     c.wait_leader(Duration::from_secs(20)).await?;
-    let ctl = Ctl { server: c.members[0].addr.clone() };
+    let ctl = Ctl::new(&c.members[0].addr);
 
     ctl.ok(&["workload", "submit", "--name", "job-a", "--image", "busybox", "--id", "w-a"])?;
     let p1 = ctl.json(&["proposal", "create", "--cancel-workload", "w-a", "--reason", "over budget", "--id", "p-1"])?;

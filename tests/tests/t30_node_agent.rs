@@ -304,3 +304,50 @@ async fn the_exec_runtime_runs_a_process_without_docker() -> Result<()> {
     }
     Ok(())
 }
+
+/// `clawctl node check` against a real agent: on a machine without NVIDIA
+/// GPUs it runs on wgpu adapter 0, which is lavapipe (`llvmpipe`) where
+/// scripts/install-deps put mesa-vulkan-drivers. A restarted agent does not
+/// answer the same request again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_check_runs_the_gpu_health_check_on_the_agent() -> Result<()> {
+    let c = Cluster::start(1, &[]).await?;
+    let addr = c.members[0].addr.clone();
+    let mut node = Node::new(c.dir.path(), "check-a", &addr, &["--runtime", "exec"]);
+    node.spawn()?;
+    wait_registered(&addr, &node).await?;
+
+    let ctl = claw_tests::Ctl::new(&addr);
+    let (ok, out, err) = {
+        let ctl = claw_tests::Ctl::new(&addr);
+        tokio::task::spawn_blocking(move || ctl.run(&["node", "check", "check-a", "--timeout", "300s"])).await??
+    };
+    ensure!(ok, "clawctl node check failed:\n{out}\n{err}\nclawnode log:\n{}", node.log());
+    ensure!(out.contains("DEVICE") && out.contains("GFLOP/S") && out.contains("CHECKSUM"), "{out}");
+    ensure!(out.contains("llvmpipe") && out.contains("pass"), "expected a passing lavapipe run:\n{out}");
+    let get = tokio::task::spawn_blocking(move || ctl.ok(&["node", "get", "check-a"])).await??;
+    ensure!(get.contains("health check:") && get.contains("pass 1/1 devices"), "{get}");
+
+    let checked = |events: &[claw_commands::EventRecord]| {
+        events.iter().filter(|r| matches!(r.event, Event::GpuHealthChecked { .. })).count()
+    };
+    ensure!(checked(&all_events(&addr).await?) == 1);
+    node.kill();
+    node.spawn()?;
+    // The agent resumes after the request it already answered: wait until
+    // the new process watches, give it longer than a check takes here, and
+    // still find one report.
+    let log = &node.log_path;
+    wait_for("the restarted agent to watch", WAIT, || async {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        (text.matches("watching placements").count() >= 2).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(checked(&all_events(&addr).await?) == 1, "the request ran twice:\n{}", node.log());
+
+    let unknown = claw_tests::Ctl::new(&addr);
+    let err = tokio::task::spawn_blocking(move || unknown.fails(&["node", "check", "no-such-node"])).await??;
+    ensure!(err.contains("not found"), "{err}");
+    Ok(())
+}

@@ -391,3 +391,45 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn health_check_needs_a_known_node_and_becomes_an_event() {
+    let mut s = DecisionState::default();
+    let ask = |node: &str| Command::RequestHealthCheck { node: node.into(), check_id: "hc-1".into() };
+    let err = run(&mut s, "h1", ask("n1")).unwrap_err();
+    assert_eq!(err, Rejection::not_found("node", "n1"));
+    run(&mut s, "h2", Command::RegisterNode { node: "n1".into(), capabilities: gpus("n1", 1, "H100") }).unwrap();
+    let events = run(&mut s, "h3", ask("n1")).unwrap();
+    assert_eq!(events, vec![Event::GpuHealthCheckRequested { node: "n1".into(), check_id: "hc-1".into() }]);
+    let err =
+        run(&mut s, "h4", Command::RequestHealthCheck { node: "n1".into(), check_id: String::new() }).unwrap_err();
+    assert!(matches!(err, Rejection::InvalidArgument { ref field, .. } if field == "check_id"), "{err:?}");
+}
+
+#[test]
+fn health_report_is_recorded_and_non_finite_numbers_are_refused() {
+    let mut s = DecisionState::default();
+    run(&mut s, "r1", Command::RegisterNode { node: "n1".into(), capabilities: gpus("n1", 1, "H100") }).unwrap();
+    let result = crate::GpuHealthResult {
+        runtime: "wgpu".into(),
+        device: "llvmpipe".into(),
+        passed: true,
+        gflops: 12.5,
+        checksum: 3.0,
+        reference_checksum: 3.0,
+        ..Default::default()
+    };
+    let report = |results: Vec<crate::GpuHealthResult>| Command::ReportHealthCheck {
+        node: "n1".into(),
+        check_id: "hc-1".into(),
+        results,
+        error: None,
+    };
+    let events = run(&mut s, "r2", report(vec![result.clone()])).unwrap();
+    assert!(
+        matches!(&events[..], [Event::GpuHealthChecked { results, .. }] if results == std::slice::from_ref(&result))
+    );
+    let bad = crate::GpuHealthResult { gflops: f64::NAN, ..result };
+    let err = run(&mut s, "r3", report(vec![bad])).unwrap_err();
+    assert!(matches!(err, Rejection::InvalidArgument { ref field, .. } if field == "results[0]"), "{err:?}");
+}

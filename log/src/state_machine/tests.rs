@@ -17,12 +17,15 @@ use crate::log_node::open_storage;
 use crate::log_store::LogStore;
 use crate::{ApplyResponse, BatchResponse, CommandBatch, Error, EventFilter, EventStore, TypeConfig};
 
+/// Small enough that the tests' histories cross several checkpoints.
+const CHECKPOINT_EVERY: u64 = 1_000;
+
 struct TempStoreBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for TempStoreBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
-        let (log, sm, _store) = open_storage(dir.path()).map_err(Error::into_write)?;
+        let (log, sm, _store) = open_storage(dir.path(), CHECKPOINT_EVERY).map_err(Error::into_write)?;
         Ok((dir, log, sm))
     }
 }
@@ -121,7 +124,9 @@ fn envelope(g: &mut Gen, n: u64, last_seq_hint: u64) -> CommandEnvelope {
     CommandEnvelope {
         command_id: format!("cmd-{n}"),
         actor,
-        time_ms: 1_700_000_000_000 + n as i64,
+        // Members' clocks disagree: now and then an envelope is stamped
+        // earlier than the one before it.
+        time_ms: 1_700_000_000_000 + 10 * n as i64 - g.below(25) as i64,
         correlation_id: format!("corr-{}", n / 3),
         command: command(g, last_seq_hint),
     }
@@ -242,7 +247,7 @@ async fn apply_generated_with(
 async fn apply_folds_dedups_chains_and_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (firsts, sent, mut index, last_seq, last_hash, view, decision) = {
-        let (_log, mut sm, store) = open_storage(dir.path()).expect("open");
+        let (_log, mut sm, store) = open_storage(dir.path(), CHECKPOINT_EVERY).expect("open");
         let (firsts, sent, index) = apply_generated(&mut sm, &store, 1_500).await;
         let events = all_events(&store);
         assert!(events.len() > 1_000, "enough events to cross a checkpoint: {}", events.len());
@@ -261,7 +266,7 @@ async fn apply_folds_dedups_chains_and_survives_reopen() {
     };
 
     // (d) Reopening from disk (checkpoint + replay) yields the same state.
-    let (_log, mut sm, store) = open_storage(dir.path()).expect("reopen");
+    let (_log, mut sm, store) = open_storage(dir.path(), CHECKPOINT_EVERY).expect("reopen");
     assert_eq!(store.last_seq(), last_seq);
     assert_eq!(store.last_hash(), last_hash);
     assert_eq!(store.view(), view);
@@ -289,8 +294,8 @@ async fn apply_folds_dedups_chains_and_survives_reopen() {
 async fn snapshot_carries_the_full_history() {
     let dir_l = tempfile::tempdir().expect("tempdir");
     let dir_f = tempfile::tempdir().expect("tempdir");
-    let (_log_l, mut sm_l, store_l) = open_storage(dir_l.path()).expect("open leader");
-    let (_log_f, mut sm_f, store_f) = open_storage(dir_f.path()).expect("open follower");
+    let (_log_l, mut sm_l, store_l) = open_storage(dir_l.path(), CHECKPOINT_EVERY).expect("open leader");
+    let (_log_f, mut sm_f, store_f) = open_storage(dir_f.path(), CHECKPOINT_EVERY).expect("open follower");
     let (firsts, _, index) = apply_generated(&mut sm_l, &store_l, 300).await;
 
     let snap = sm_l.get_snapshot_builder().await.build_snapshot().await.expect("build");
@@ -326,7 +331,7 @@ async fn snapshot_carries_the_full_history() {
 #[tokio::test]
 async fn watch_streams_backlog_then_live_tail_without_gaps() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_log, mut sm, store) = open_storage(dir.path()).expect("open");
+    let (_log, mut sm, store) = open_storage(dir.path(), CHECKPOINT_EVERY).expect("open");
     let intent = |n: u64| CommandEnvelope {
         command_id: format!("c{n}"),
         actor: Actor::user("ada"),
@@ -368,7 +373,7 @@ async fn watch_streams_backlog_then_live_tail_without_gaps() {
 #[tokio::test]
 async fn one_entry_applies_its_commands_in_order_and_dedups_within_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_log, mut sm, store) = open_storage(dir.path()).expect("open");
+    let (_log, mut sm, store) = open_storage(dir.path(), CHECKPOINT_EVERY).expect("open");
     let intent = |id: &str| CommandEnvelope {
         command_id: id.into(),
         actor: Actor::user("ada"),
@@ -401,6 +406,41 @@ async fn one_entry_applies_its_commands_in_order_and_dedups_within_it() {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
 
+    /// The state at any past seq, read from the nearest checkpoint plus a
+    /// replay, is exactly the fold of the first `seq` events, whatever the
+    /// checkpoint interval; and times map to the last seq stamped at or
+    /// before them.
+    #[test]
+    fn state_at_any_seq_is_the_fold_of_the_events_before_it(
+        seed in proptest::prelude::any::<u64>(),
+        count in 1u64..200,
+        every in 1u64..60,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (_log, mut sm, store) = open_storage(dir.path(), every).expect("open");
+            apply_generated_with(&mut sm, &store, count, seed).await;
+            let events = all_events(&store);
+            for seq in 0..=events.len() {
+                let (_, expected) = fold(&events[..seq]);
+                assert_eq!(store.view_at(seq as u64).expect("view_at"), expected, "seq {seq}, every {every}");
+            }
+            let last = store.last_seq();
+            assert!(matches!(store.view_at(last + 1), Err(Error::BeyondEnd { .. })));
+
+            assert!(events.windows(2).all(|w| w[0].time_ms <= w[1].time_ms), "event times never go backwards");
+            if let Some(first) = events.first() {
+                assert_eq!(store.seq_at_time(first.time_ms - 1).expect("seq_at_time"), 0);
+            }
+            for (i, rec) in events.iter().enumerate() {
+                let expected = events.iter().rposition(|r| r.time_ms <= rec.time_ms).map_or(0, |p| p as u64 + 1);
+                assert_eq!(store.seq_at_time(rec.time_ms).expect("seq_at_time"), expected, "event {i}");
+            }
+            assert_eq!(store.seq_at_time(i64::MAX).expect("seq_at_time"), last);
+        });
+    }
+
     /// For any generated history (valid, invalid and retried commands, in
     /// entries and batches of any size), replaying the stored events from
     /// empty gives exactly the live projections and decision state, and the
@@ -410,7 +450,7 @@ proptest::proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         rt.block_on(async {
             let dir = tempfile::tempdir().expect("tempdir");
-            let (_log, mut sm, store) = open_storage(dir.path()).expect("open");
+            let (_log, mut sm, store) = open_storage(dir.path(), CHECKPOINT_EVERY).expect("open");
             apply_generated_with(&mut sm, &store, count, seed).await;
             let events = all_events(&store);
             let (d, v) = fold(&events);
