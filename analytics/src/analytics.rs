@@ -14,6 +14,7 @@ use crate::export_format::ExportFormat;
 use crate::flight_sql_server::FlightSqlServer;
 use crate::log_scan_exec::RowShape;
 use crate::log_table::LogTable;
+use crate::rollup_table::RollupTable;
 use crate::scan_stats::{ScanStats, ScanStatsSink};
 use crate::seance_function::SeanceFunction;
 use crate::view_kind::ViewKind;
@@ -63,6 +64,9 @@ impl Analytics {
         // Registering into a fresh in-memory catalog cannot fail, and no name repeats.
         let _ = ctx.register_table("events", log(RowShape::Events));
         let _ = ctx.register_table("metrics", log(RowShape::GpuSamples));
+        for res in claw_log::Resolution::ALL {
+            let _ = ctx.register_table(RollupTable::name(res), Arc::new(RollupTable::new(self.store.clone(), res)));
+        }
         for kind in ViewKind::ALL {
             let _ = ctx.register_table(kind.table(), Arc::new(ViewTable::live(self.store.clone(), kind)));
             ctx.register_udtf(&format!("{}_at", kind.table()), Arc::new(SeanceFunction::new(self.store.clone(), kind)));

@@ -19,6 +19,7 @@ mod log_scan;
 mod log_scan_exec;
 mod log_table;
 mod metrics_batch;
+mod rollup_table;
 mod scan_stats;
 mod seance_function;
 mod view_kind;

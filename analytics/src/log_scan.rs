@@ -172,6 +172,17 @@ impl LogScan {
         self.kinds = Some(kinds);
     }
 
+    /// The inclusive time range the pushed filters allow, in ms.
+    pub(crate) fn time_bounds(&self) -> (i64, i64) {
+        let clamp = |t: i128| t.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        (clamp(self.min_time_ms), clamp(self.max_time_ms))
+    }
+
+    /// The node the pushed filters require, if any.
+    pub(crate) fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
     /// The seqs to read, as of now: `None` when nothing can match. Time
     /// bounds become seq bounds because event times never decrease along
     /// the log.

@@ -76,6 +76,7 @@ impl Fixture {
                         memory_used_mb: 1000,
                         temperature_c: 60.0,
                         power_w: 300.0,
+                        ..Default::default()
                     })
                     .collect();
                 f.propose(&mut n, Command::ObserveGpuMetrics { node: name.into(), samples }).await?;
@@ -400,9 +401,44 @@ async fn flight_sql_clients_get_arrow_batches() -> anyhow::Result<()> {
             (0..col.len()).map(move |i| col.value(i).to_string())
         })
         .collect();
-    for t in ["events", "metrics", "nodes", "gpus", "workloads", "proposals", "members"] {
+    for t in ["events", "metrics", "nodes", "gpus", "workloads", "proposals", "members", "incidents"] {
         assert!(names.iter().any(|n| n == t), "{t} is listed in {names:?}");
     }
     server.abort();
+    f.stop().await
+}
+
+/// `metrics_1m` serves the rollups the store computed: one row per GPU per
+/// closed minute, with the summary of that minute's samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minute_rollups_are_queryable_once_the_minute_closes() -> anyhow::Result<()> {
+    let f = Fixture::start().await?;
+    let a = f.analytics.clone();
+    let count = |b: &RecordBatch| b.num_rows();
+    f.node.store.roll_up(100)?;
+    let open = one_batch(&a, "SELECT * FROM metrics_1m").await?;
+    assert_eq!(count(&open), 0, "the fixture's minute is still open");
+    // An event two minutes later closes it.
+    let mut n = 120;
+    f.propose(&mut n, Command::Heartbeat { node: "gpu-a".into() }).await?;
+    f.node.store.roll_up(100)?;
+    let b = one_batch(
+        &a,
+        "SELECT gpu_uuid, samples, utilization_pct_min, utilization_pct_avg, utilization_pct_max, utilization_pct_p95 \
+         FROM metrics_1m WHERE node = 'gpu-a' AND time >= TIMESTAMP '2026-01-01T00:00:00Z' ORDER BY gpu_uuid",
+    )
+    .await?;
+    assert_eq!(count(&b), 2, "gpu-a has two GPUs");
+    let samples = b.column_by_name("samples").context("samples")?.as_primitive::<UInt64Type>().value(0);
+    assert_eq!(samples, 5);
+    let f64_at = |name: &str| -> anyhow::Result<f64> {
+        Ok(b.column_by_name(name).context("column")?.as_primitive::<datafusion::arrow::datatypes::Float64Type>().value(0))
+    };
+    assert_eq!(
+        (f64_at("utilization_pct_min")?, f64_at("utilization_pct_avg")?, f64_at("utilization_pct_max")?, f64_at("utilization_pct_p95")?),
+        (0.0, 20.0, 40.0, 40.0)
+    );
+    let later = one_batch(&a, "SELECT * FROM metrics_1m WHERE time > TIMESTAMP '2026-01-01T00:05:00Z'").await?;
+    assert_eq!(count(&later), 0);
     f.stop().await
 }

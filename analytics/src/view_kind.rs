@@ -21,11 +21,18 @@ pub(crate) enum ViewKind {
     Gpus,
     Workloads,
     Proposals,
+    Incidents,
 }
 
 impl ViewKind {
-    pub(crate) const ALL: [ViewKind; 5] =
-        [ViewKind::Members, ViewKind::Nodes, ViewKind::Gpus, ViewKind::Workloads, ViewKind::Proposals];
+    pub(crate) const ALL: [ViewKind; 6] = [
+        ViewKind::Members,
+        ViewKind::Nodes,
+        ViewKind::Gpus,
+        ViewKind::Workloads,
+        ViewKind::Proposals,
+        ViewKind::Incidents,
+    ];
 
     /// The live table's name; the seance function is this plus `_at`.
     pub(crate) fn table(self) -> &'static str {
@@ -35,6 +42,7 @@ impl ViewKind {
             ViewKind::Gpus => "gpus",
             ViewKind::Workloads => "workloads",
             ViewKind::Proposals => "proposals",
+            ViewKind::Incidents => "incidents",
         }
     }
 
@@ -122,6 +130,23 @@ impl ViewKind {
                 t("decided", true),
                 s("decision_note", true),
             ],
+            ViewKind::Incidents => vec![
+                s("id", false),
+                s("kind", false),
+                s("status", false),
+                s("subject", false),
+                s("node", true),
+                s("signals", false),
+                s("summary", false),
+                s("opened_by", false),
+                t("opened", false),
+                f("opened_seq", UInt64, false),
+                s("resolved_by", true),
+                t("resolved", true),
+                f("resolved_seq", UInt64, true),
+                s("root_cause", true),
+                s("resolution", true),
+            ],
         };
         Arc::new(Schema::new(fields))
     }
@@ -134,6 +159,7 @@ impl ViewKind {
             ViewKind::Gpus => gpus(view),
             ViewKind::Workloads => workloads(view)?,
             ViewKind::Proposals => proposals(view)?,
+            ViewKind::Incidents => incidents(view)?,
         };
         let rows = cols.first().map_or(0, |c| c.len());
         batch(self.schema(), cols, rows)
@@ -251,6 +277,28 @@ fn proposals(view: &ClusterView) -> Result<Vec<ArrayRef>> {
         strs(p.iter().map(|r| r.decided_by.as_deref())),
         times(p.iter().map(|r| r.decided_ms)),
         strs(p.iter().map(|r| r.decision_note.as_deref())),
+    ])
+}
+
+fn incidents(view: &ClusterView) -> Result<Vec<ArrayRef>> {
+    let i: Vec<_> = view.incidents.values().collect();
+    let signals = i.iter().map(|r| json(&r.signals)).collect::<Result<Vec<_>>>()?;
+    Ok(vec![
+        strs(i.iter().map(|r| Some(r.id.as_str()))),
+        strs(i.iter().map(|r| Some(r.kind.as_str()))),
+        strs(i.iter().map(|r| Some(r.status.as_str()))),
+        strs(i.iter().map(|r| Some(r.subject.as_str()))),
+        strs(i.iter().map(|r| Some(r.node.as_str()).filter(|n| !n.is_empty()))),
+        strs(signals.iter().map(|s| Some(s.as_str()))),
+        strs(i.iter().map(|r| Some(r.summary.as_str()))),
+        strs(i.iter().map(|r| Some(r.opened_by.as_str()))),
+        times(i.iter().map(|r| Some(r.opened_ms))),
+        u64s(i.iter().map(|r| r.opened_seq)),
+        strs(i.iter().map(|r| r.resolved_by.as_deref())),
+        times(i.iter().map(|r| r.resolved_ms)),
+        Arc::new(i.iter().map(|r| r.resolved_seq).collect::<UInt64Array>()),
+        strs(i.iter().map(|r| r.root_cause.as_deref())),
+        strs(i.iter().map(|r| r.resolution.as_deref())),
     ])
 }
 

@@ -111,6 +111,8 @@ pub fn command_for(i: u64, nodes: usize) -> Command {
                     memory_used_mb: (i * 31 + g) % 80_000,
                     temperature_c: 40.0 + ((i + g) % 45) as f64,
                     power_w: 100.0 + ((i * 3 + g) % 600) as f64,
+                    sm_clock_mhz: 1_980,
+                    ..Default::default()
                 })
                 .collect(),
         }),

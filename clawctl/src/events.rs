@@ -348,6 +348,12 @@ pub fn summary(event: &Event) -> String {
                 format!("{check_id} on {node} passed={passed}/{} gflops={gflops:.1}", results.len())
             }
         },
+        Event::IncidentOpened { incident_id, incident_kind, subject, summary, .. } => {
+            format!("{incident_id} {incident_kind} {subject}: {summary}")
+        }
+        Event::IncidentResolved { incident_id, root_cause, resolution } => {
+            format!("{incident_id} root_cause={} resolution={}", quote(root_cause), quote(resolution))
+        }
     };
     output::truncate(&line, 100)
 }

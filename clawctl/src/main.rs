@@ -9,6 +9,7 @@ mod bench_schedule;
 mod client;
 mod events;
 mod explain;
+mod incident;
 mod member;
 mod node;
 mod output;
@@ -17,6 +18,7 @@ mod replay;
 mod sql;
 mod state_diff;
 mod status;
+mod top;
 #[cfg(test)]
 mod testing;
 mod workload;
@@ -93,6 +95,12 @@ enum Cmd {
     /// Write the history out for other tools (Parquet, JSON lines).
     #[command(subcommand)]
     Export(sql::ExportCommand),
+    /// List, inspect and resolve incidents the detectors opened.
+    #[command(subcommand)]
+    Incident(incident::IncidentCommand),
+    /// The latest GPU readings per node or per GPU, busiest first.
+    #[command(subcommand)]
+    Top(top::TopCommand),
     /// Measure the cluster.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -133,6 +141,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Diff(args) => replay::diff(&connect().await?, format, args).await,
         Cmd::Sql(args) => sql::run(&connect().await?, format, args).await,
         Cmd::Export(command) => sql::export(&connect().await?, command).await,
+        Cmd::Incident(command) => incident::run(&connect().await?, format, command).await,
+        Cmd::Top(command) => top::run(&connect().await?, format, command).await,
         // The bench opens its own connections, several of them.
         Cmd::Bench(command) => bench::run(&target, format, command).await,
     }

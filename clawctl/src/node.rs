@@ -248,6 +248,7 @@ mod tests {
             not_ready_reason: None,
             allocated_gpus: [("GPU-1".to_string(), "w-1".to_string())].into(),
             last_health_check: None,
+            gpu_samples: Default::default(),
         }
     }
 

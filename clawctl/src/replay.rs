@@ -233,6 +233,10 @@ pub fn render_state(state: &PastState) -> String {
     let open: Vec<ProposalRow> = v.proposals.values().filter(|p| p.status == ProposalStatus::Open).cloned().collect();
     out.push_str(&format!("\nOPEN PROPOSALS ({})\n", open.len()));
     out.push_str(&crate::proposal::list_table(&open));
+    let mut incidents: Vec<_> = v.incidents.values().filter(|i| i.status == "open").cloned().collect();
+    incidents.sort_by_key(|i| std::cmp::Reverse(i.opened_seq));
+    out.push_str(&format!("\nOPEN INCIDENTS ({})\n", incidents.len()));
+    out.push_str(&crate::incident::list_table(&incidents, at));
     out
 }
 

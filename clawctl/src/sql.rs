@@ -22,9 +22,10 @@ use crate::replay::Moment;
 #[derive(Debug, Args)]
 pub struct SqlArgs {
     /// The query, e.g. "SELECT kind, count(*) FROM events GROUP BY kind".
-    /// Tables: events, metrics, members, nodes, gpus, workloads, proposals;
-    /// seance functions: nodes_at(x), gpus_at(x), workloads_at(x),
-    /// proposals_at(x), members_at(x) with x a seq or a timestamp.
+    /// Tables: events, metrics, members, nodes, gpus, workloads, proposals,
+    /// incidents; seance functions: nodes_at(x), gpus_at(x), workloads_at(x),
+    /// proposals_at(x), members_at(x), incidents_at(x) with x a seq or a
+    /// timestamp.
     pub query: String,
 }
 

@@ -1,5 +1,5 @@
 //! The readable difference between two cluster views: which members, nodes,
-//! workloads and proposals appeared, disappeared or changed, and for a
+//! workloads, proposals and incidents appeared, disappeared or changed, and for a
 //! changed one, each field that changed with its old and new value.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use serde_json::Value;
 /// One object's change between two views.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Change {
-    /// `member`, `node`, `workload` or `proposal`.
+    /// `member`, `node`, `workload`, `proposal` or `incident`.
     pub kind: &'static str,
     pub id: String,
     /// `added`, `removed` or `changed`.
@@ -33,13 +33,14 @@ pub struct FieldChange {
 const IGNORED_FIELDS: &[&str] = &["changed_seq"];
 
 /// Every object that differs between `before` and `after`, members first,
-/// then nodes, workloads and proposals, each in id order.
+/// then nodes, workloads, proposals and incidents, each in id order.
 pub fn diff(before: &ClusterView, after: &ClusterView) -> Vec<Change> {
     let mut out = Vec::new();
     diff_map("member", &before.members, &after.members, &mut out);
     diff_map("node", &before.nodes, &after.nodes, &mut out);
     diff_map("workload", &before.workloads, &after.workloads, &mut out);
     diff_map("proposal", &before.proposals, &after.proposals, &mut out);
+    diff_map("incident", &before.incidents, &after.incidents, &mut out);
     out
 }
 

@@ -130,6 +130,13 @@ pub enum Command {
         results: Vec<GpuHealthResult>,
         error: Option<String>,
     },
+    /// Closes an open incident with what caused it and what fixed it; both
+    /// are kept so a similar incident later recalls them.
+    ResolveIncident {
+        incident_id: String,
+        root_cause: String,
+        resolution: String,
+    },
 }
 
 impl Command {
@@ -154,6 +161,7 @@ impl Command {
             Command::MarkNodeNotReady { .. } => "MarkNodeNotReady",
             Command::RequestHealthCheck { .. } => "RequestHealthCheck",
             Command::ReportHealthCheck { .. } => "ReportHealthCheck",
+            Command::ResolveIncident { .. } => "ResolveIncident",
         }
     }
 }

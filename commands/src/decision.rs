@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::incident::{self, IncidentDecision};
 use crate::{
     validate_name, Command, CommandEnvelope, Event, GpuInfo, NodeCapabilities, ProposalAction, ProposalStatus,
     Rejection, WorkloadSpec, WorkloadStatus,
@@ -100,6 +101,20 @@ pub struct DecisionState {
     /// twice.
     #[serde(default)]
     pub gpu_allocations: BTreeMap<String, String>,
+    /// Every incident ever opened, by id.
+    #[serde(default)]
+    pub incidents: BTreeMap<String, IncidentDecision>,
+    /// `kind|subject` → id of the open incident: one open incident per
+    /// kind and subject, so a GPU that keeps throttling opens one, not many.
+    #[serde(default)]
+    pub open_incidents: BTreeMap<String, String>,
+    /// GPU uuid → the highest uncorrected ECC count reported, so only new
+    /// errors open an incident.
+    #[serde(default)]
+    pub gpu_ecc_seen: BTreeMap<String, u64>,
+    /// Workload name → times of its recent failed exits (crash-loop window).
+    #[serde(default)]
+    pub recent_failures: BTreeMap<String, Vec<i64>>,
 }
 
 impl DecisionState {
@@ -286,8 +301,19 @@ pub fn decide(state: &DecisionState, env: &CommandEnvelope) -> Result<Vec<Event>
                 if !finite {
                     return Err(Rejection::invalid(&format!("samples[{i}]"), "readings must be finite numbers"));
                 }
+                if s.xid_errors.len() > 64 {
+                    return Err(Rejection::invalid(&format!("samples[{i}].xid_errors"), "holds more than 64 codes"));
+                }
+                if s.throttle_reasons.len() > 32 || s.throttle_reasons.iter().any(|r| r.is_empty() || r.len() > 64) {
+                    return Err(Rejection::invalid(
+                        &format!("samples[{i}].throttle_reasons"),
+                        "must hold at most 32 names of 1 to 64 bytes",
+                    ));
+                }
             }
-            Ok(vec![Event::GpuMetricsObserved { node: node.clone(), samples: samples.clone() }])
+            let mut events = vec![Event::GpuMetricsObserved { node: node.clone(), samples: samples.clone() }];
+            events.extend(incident::detect_gpu(state, env, node, samples));
+            Ok(events)
         }
         Command::ReportWorkloadStarted { workload_id, node } => {
             require_node(state, node)?;
@@ -317,12 +343,14 @@ pub fn decide(state: &DecisionState, env: &CommandEnvelope) -> Result<Vec<Event>
                     w.status.as_str()
                 )));
             }
-            Ok(vec![Event::WorkloadExited {
+            let mut events = vec![Event::WorkloadExited {
                 workload_id: workload_id.clone(),
                 node: node.clone(),
                 exit_code: *exit_code,
                 oom_killed: *oom_killed,
-            }])
+            }];
+            events.extend(incident::detect_exit(state, env, w, node, *exit_code, *oom_killed));
+            Ok(events)
         }
         Command::RecordMemberAdded { member_id, addr, voter } => {
             if addr.is_empty() {
@@ -391,6 +419,7 @@ pub fn decide(state: &DecisionState, env: &CommandEnvelope) -> Result<Vec<Event>
                     });
                 }
             }
+            events.extend(incident::detect_node_lost(state, env, node, reason));
             Ok(events)
         }
         Command::RequestHealthCheck { node, check_id } => {
@@ -416,6 +445,23 @@ pub fn decide(state: &DecisionState, env: &CommandEnvelope) -> Result<Vec<Event>
                 check_id: check_id.clone(),
                 results: results.clone(),
                 error: error.clone(),
+            }])
+        }
+        Command::ResolveIncident { incident_id, root_cause, resolution } => {
+            let i = state.incidents.get(incident_id).ok_or_else(|| Rejection::not_found("incident", incident_id))?;
+            if !i.open {
+                return Err(Rejection::precondition(format!("incident \"{incident_id}\" is already resolved")));
+            }
+            for (field, text) in [("root_cause", root_cause), ("resolution", resolution)] {
+                if text.trim().is_empty() {
+                    return Err(Rejection::invalid(field, "must not be empty: say what it was, for the next time"));
+                }
+                require_text(field, text, 16 * 1024)?;
+            }
+            Ok(vec![Event::IncidentResolved {
+                incident_id: incident_id.clone(),
+                root_cause: root_cause.clone(),
+                resolution: resolution.clone(),
             }])
         }
     }
@@ -543,8 +589,11 @@ pub fn evolve(state: &mut DecisionState, seq: u64, time_ms: i64, event: &Event) 
                 w.changed_seq = seq;
             }
         }
-        Event::WorkloadExited { workload_id, exit_code, .. } => {
+        Event::WorkloadExited { workload_id, exit_code, oom_killed, .. } => {
             if let Some(w) = state.workloads.get_mut(workload_id) {
+                if !w.cancel_requested && (*exit_code != 0 || *oom_killed) {
+                    incident::remember_failure(&mut state.recent_failures, &w.name, time_ms);
+                }
                 w.status = if w.cancel_requested {
                     WorkloadStatus::Cancelled
                 } else if *exit_code == 0 {
@@ -623,9 +672,26 @@ pub fn evolve(state: &mut DecisionState, seq: u64, time_ms: i64, event: &Event) 
                 }
             }
         }
-        Event::GpuMetricsObserved { node, .. } => {
+        Event::GpuMetricsObserved { node, samples } => {
             if let Some(n) = state.nodes.get_mut(node) {
                 n.last_heartbeat_ms = time_ms;
+            }
+            for s in samples {
+                let seen = state.gpu_ecc_seen.entry(s.gpu_uuid.clone()).or_default();
+                *seen = (*seen).max(s.ecc_uncorrected);
+            }
+        }
+        Event::IncidentOpened { incident_id, incident_kind: kind, subject, .. } => {
+            state.open_incidents.insert(incident::open_key(kind, subject), incident_id.clone());
+            state.incidents.insert(
+                incident_id.clone(),
+                IncidentDecision { kind: kind.clone(), subject: subject.clone(), open: true },
+            );
+        }
+        Event::IncidentResolved { incident_id, .. } => {
+            if let Some(i) = state.incidents.get_mut(incident_id) {
+                i.open = false;
+                state.open_incidents.remove(&incident::open_key(&i.kind, &i.subject));
             }
         }
         Event::NodeDrainRequested { node, .. } => {

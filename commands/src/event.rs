@@ -28,6 +28,21 @@ pub struct GpuSample {
     pub memory_used_mb: u64,
     pub temperature_c: f64,
     pub power_w: f64,
+    /// SM clock in MHz (0 when NVML cannot read it).
+    #[serde(default)]
+    pub sm_clock_mhz: u32,
+    /// Volatile ECC error counts since the driver loaded (0 without ECC).
+    #[serde(default)]
+    pub ecc_corrected: u64,
+    #[serde(default)]
+    pub ecc_uncorrected: u64,
+    /// Active clock throttle reasons, as NVML names them in snake case
+    /// (`hw_thermal_slowdown`, `sw_power_cap`, ...). Idle is not listed.
+    #[serde(default)]
+    pub throttle_reasons: Vec<String>,
+    /// XID error codes the driver raised for this GPU since the last sample.
+    #[serde(default)]
+    pub xid_errors: Vec<u64>,
 }
 
 /// One device's outcome of the GPU health check (a matrix multiply checked
@@ -171,6 +186,25 @@ pub enum Event {
         results: Vec<GpuHealthResult>,
         error: Option<String>,
     },
+    /// A detector saw trouble in the observations: `incident_kind` is one of
+    /// `INCIDENT_KINDS`, `subject` what it is about (`gpu:<uuid>`,
+    /// `node:<name>`, `workload:<name>`), `signals` what matched (used to
+    /// recall similar resolved incidents).
+    IncidentOpened {
+        incident_id: String,
+        incident_kind: String,
+        subject: String,
+        /// The node it happened on ("" when none).
+        node: String,
+        signals: Vec<String>,
+        summary: String,
+    },
+    /// Someone closed the incident and wrote down what it was and what fixed it.
+    IncidentResolved {
+        incident_id: String,
+        root_cause: String,
+        resolution: String,
+    },
 }
 
 impl Event {
@@ -197,6 +231,8 @@ impl Event {
         "WorkloadLost",
         "GpuHealthCheckRequested",
         "GpuHealthChecked",
+        "IncidentOpened",
+        "IncidentResolved",
     ];
 
     pub fn kind(&self) -> &'static str {
@@ -223,6 +259,8 @@ impl Event {
             Event::WorkloadLost { .. } => "WorkloadLost",
             Event::GpuHealthCheckRequested { .. } => "GpuHealthCheckRequested",
             Event::GpuHealthChecked { .. } => "GpuHealthChecked",
+            Event::IncidentOpened { .. } => "IncidentOpened",
+            Event::IncidentResolved { .. } => "IncidentResolved",
         }
     }
 
@@ -258,6 +296,7 @@ impl Event {
             | Event::GpuHealthCheckRequested { node, .. }
             | Event::GpuHealthChecked { node, .. } => Some(node),
             Event::ProposalCreated { action: ProposalAction::DrainNode { node }, .. } => Some(node),
+            Event::IncidentOpened { node, .. } if !node.is_empty() => Some(node),
             _ => None,
         }
     }

@@ -13,6 +13,7 @@ mod decision;
 mod envelope;
 mod error;
 mod event;
+mod incident;
 mod placement;
 mod record;
 mod scheduler;
@@ -24,6 +25,10 @@ pub use decision::{
 };
 pub use envelope::{Actor, ActorKind, CommandEnvelope};
 pub use error::{Error, Rejection, Result};
+pub use incident::{
+    signal_similarity, IncidentDecision, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW_MS, INCIDENT_KINDS,
+    THERMAL_THROTTLE_REASONS,
+};
 pub use event::{Event, GpuHealthResult, GpuInfo, GpuSample, NodeCapabilities};
 pub use placement::{NodeVerdict, Placement, FILTERS};
 pub use record::{derive_id, verify_chain, ChainError, EventRecord, GENESIS_HASH};

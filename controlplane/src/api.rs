@@ -289,10 +289,11 @@ impl Claw for ClawApi {
                 "proposal" => v.proposals.get(&r.id).map(to_json),
                 "node" => v.nodes.get(&r.id).map(to_json),
                 "member" => r.id.parse::<u64>().ok().and_then(|id| v.members.get(&id)).map(to_json),
+                "incident" => v.incident_detail(&r.id).map(|d| to_json(&d)),
                 other => {
                     return (
                         Some(Err(Status::invalid_argument(format!(
-                            "kind: {other:?} is not one of workload, proposal, node, member"
+                            "kind: {other:?} is not one of workload, proposal, node, member, incident"
                         )))),
                         v.last_seq,
                     )
@@ -326,8 +327,20 @@ impl Claw for ClawApi {
                 "proposal" => v.proposals.values().map(to_json).collect(),
                 "node" => v.nodes.values().map(to_json).collect(),
                 "member" => v.members.values().map(to_json).collect(),
+                "incident" => v
+                    .incidents
+                    .values()
+                    .filter(|i| r.node.is_empty() || i.node == r.node)
+                    .map(to_json)
+                    .collect(),
+                "gpu" => v
+                    .gpus()
+                    .iter()
+                    .filter(|g| r.node.is_empty() || g.node == r.node)
+                    .map(to_json)
+                    .collect(),
                 other => Err(Status::invalid_argument(format!(
-                    "kind: {other:?} is not one of workload, proposal, node, member"
+                    "kind: {other:?} is not one of workload, proposal, node, member, incident, gpu"
                 ))),
             };
             (items, v.last_seq)

@@ -45,6 +45,25 @@ impl Default for HistoryOptions {
     }
 }
 
+/// GPU metric rollups: raw samples stay in the log; per-GPU 1-minute and
+/// 1-hour summaries (min/avg/max/p95) are kept for these many hours/days.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsOptions {
+    /// How often closed buckets are rolled up and old rollups expired.
+    pub rollup_interval_ms: u64,
+    /// Keep 1-minute rollups this many hours (`metrics_1m`).
+    pub retention_1m_hours: u64,
+    /// Keep 1-hour rollups this many days (`metrics_1h`).
+    pub retention_1h_days: u64,
+}
+
+impl Default for MetricsOptions {
+    fn default() -> Self {
+        MetricsOptions { rollup_interval_ms: 30_000, retention_1m_hours: 7 * 24, retention_1h_days: 400 }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogFormatOptions {
@@ -81,6 +100,7 @@ pub struct Options {
     pub raft: RaftOptions,
     pub scheduler: SchedulerOptions,
     pub history: HistoryOptions,
+    pub metrics: MetricsOptions,
 }
 
 impl Default for Options {
@@ -95,6 +115,7 @@ impl Default for Options {
             raft: RaftOptions::default(),
             scheduler: SchedulerOptions::default(),
             history: HistoryOptions::default(),
+            metrics: MetricsOptions::default(),
         }
     }
 }
@@ -159,6 +180,9 @@ impl Options {
         env_parse(env, "CLAW_SCHEDULER_NODE_TIMEOUT_MS", &mut o.scheduler.node_timeout_ms)?;
         env_parse(env, "CLAW_SCHEDULER_INTERVAL_MS", &mut o.scheduler.interval_ms)?;
         env_parse(env, "CLAW_HISTORY_CHECKPOINT_EVERY", &mut o.history.checkpoint_every)?;
+        env_parse(env, "CLAW_METRICS_ROLLUP_INTERVAL_MS", &mut o.metrics.rollup_interval_ms)?;
+        env_parse(env, "CLAW_METRICS_RETENTION_1M_HOURS", &mut o.metrics.retention_1m_hours)?;
+        env_parse(env, "CLAW_METRICS_RETENTION_1H_DAYS", &mut o.metrics.retention_1h_days)?;
 
         if let Some(v) = flags.id {
             o.id = v;
@@ -208,6 +232,13 @@ impl Options {
         }
         if self.history.checkpoint_every == 0 {
             return Err(Error::Config("history.checkpoint_every: must be at least 1".into()));
+        }
+        let m = &self.metrics;
+        if m.rollup_interval_ms == 0 || m.retention_1m_hours == 0 || m.retention_1h_days == 0 {
+            return Err(Error::Config(format!(
+                "metrics: rollup_interval_ms ({}), retention_1m_hours ({}) and retention_1h_days ({}) must be at least 1",
+                m.rollup_interval_ms, m.retention_1m_hours, m.retention_1h_days
+            )));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(Error::Config(format!("log.format: {:?} must be \"text\" or \"json\"", self.log.format)));

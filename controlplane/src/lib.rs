@@ -14,7 +14,7 @@ mod scheduler;
 mod server;
 
 pub use api::{actor_from_request, ClawApi};
-pub use config::{Flags, HistoryOptions, LogFormatOptions, Options, RaftOptions};
+pub use config::{Flags, HistoryOptions, LogFormatOptions, MetricsOptions, Options, RaftOptions};
 pub use error::{Error, Result};
 pub use forward::{ACTOR_KEY, LEADER_KEY};
 pub use scheduler::{plan_pass, Scheduler, SchedulerOptions};

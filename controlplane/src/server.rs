@@ -75,6 +75,7 @@ impl Server {
         }));
 
         let (stop_scheduler, scheduler_stopped) = watch::channel(false);
+        tokio::spawn(roll_up_metrics(node.store.clone(), opts.metrics.clone(), scheduler_stopped.clone()));
         let scheduler = tokio::spawn(opts.scheduler.clone().build(node.clone(), api.clone()).run(scheduler_stopped));
         if !opts.join {
             node.initialize_single().await?;
@@ -117,4 +118,53 @@ async fn record_first_member(node: LogNode, api: Arc<ClawApi>, id: u64, addr: St
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), metrics.changed()).await;
     }
+}
+
+/// Rolls GPU metrics up into 1-minute and 1-hour summaries as buckets
+/// close, and expires rollups past their retention, until `stop` is set.
+/// Every member does this from its own copy of the log.
+async fn roll_up_metrics(store: claw_log::EventStore, opts: crate::MetricsOptions, mut stop: watch::Receiver<bool>) {
+    use claw_log::Resolution;
+    let mut tick = tokio::time::interval(Duration::from_millis(opts.rollup_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let store = store.clone();
+        let opts = opts.clone();
+        let pass = tokio::task::spawn_blocking(move || -> claw_log::Result<claw_log::RollupProgress> {
+            // Bounded per pass so a long backlog is worked off in steps.
+            let mut p = store.roll_up(1_000)?;
+            let now = wall_clock_ms();
+            let keep = [
+                (Resolution::Minute, opts.retention_1m_hours as i64 * 3_600_000),
+                (Resolution::Hour, opts.retention_1h_days as i64 * 86_400_000),
+            ];
+            for (res, keep_ms) in keep {
+                let n = store.expire_rollups(res, now.saturating_sub(keep_ms))?;
+                if n > 0 {
+                    p.expired.insert(res.name(), n);
+                }
+            }
+            Ok(p)
+        })
+        .await;
+        match pass {
+            Ok(Ok(p)) if p.rows > 0 || !p.expired.is_empty() => {
+                tracing::debug!(rows = p.rows, buckets = ?p.buckets, expired = ?p.expired, "metrics rolled up")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("rolling up GPU metrics failed: {e}"),
+            Err(e) => tracing::warn!("rollup task failed: {e}"),
+        }
+    }
+}
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

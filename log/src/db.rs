@@ -52,6 +52,19 @@ impl Db {
         bytes.map(|b| decode_json(cf, key, &b)).transpose()
     }
 
+    pub(crate) fn get_raw(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let handle = self.cf(cf)?;
+        self.inner.get_cf(&handle, key).map_err(|e| Error::Storage(format!("cannot read {cf}/{}: {e}", show_key(key))))
+    }
+
+    /// Deletes the keys of `cf` in `from..to`.
+    pub(crate) fn delete_range(&self, cf: &str, from: &[u8], to: &[u8]) -> Result<()> {
+        let handle = self.cf(cf)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(&handle, from, to);
+        self.write(batch, false)
+    }
+
     /// Visits `(key, value)` pairs of `cf` from `start` onwards, in key order,
     /// until `f` returns `false`.
     pub(crate) fn scan(&self, cf: &str, start: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {

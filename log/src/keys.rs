@@ -13,8 +13,11 @@ pub(crate) const CF_SM_META: &str = "sm_meta";
 /// Column family holding idempotency rows: `command_id` (UTF-8) → serde_json `DedupRow`.
 pub(crate) const CF_DEDUP: &str = "dedup";
 
+/// Column family holding GPU metric rollups (derived from the events; see `rollup.rs`).
+pub(crate) const CF_ROLLUPS: &str = "rollups";
+
 /// Every column family of the store, in creation order.
-pub(crate) const ALL_CFS: &[&str] = &[CF_RAFT_LOG, CF_RAFT_META, CF_EVENTS, CF_SM_META, CF_DEDUP];
+pub(crate) const ALL_CFS: &[&str] = &[CF_RAFT_LOG, CF_RAFT_META, CF_EVENTS, CF_SM_META, CF_DEDUP, CF_ROLLUPS];
 
 /// Keys of the `raft_meta` column family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

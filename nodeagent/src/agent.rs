@@ -712,16 +712,7 @@ async fn gpu_metrics(cp: ControlPlane, gpus: Arc<Gpus>, every: Duration) {
         if samples.is_empty() {
             continue;
         }
-        let samples = samples
-            .into_iter()
-            .map(|s| v1::GpuSample {
-                gpu_uuid: s.gpu_uuid,
-                utilization_pct: s.utilization_pct,
-                memory_used_mb: s.memory_used_mb,
-                temperature_c: s.temperature_c,
-                power_w: s.power_w,
-            })
-            .collect();
+        let samples = samples.into_iter().map(v1::GpuSample::from).collect();
         if let Err(e) = cp.observe_gpus(samples).await {
             tracing::debug!("sending GPU metrics failed: {e}");
         }

@@ -46,7 +46,55 @@ pub struct NodeRow {
     /// The node agent's last answer to a GPU health check.
     #[serde(default)]
     pub last_health_check: Option<HealthCheckRow>,
+    /// GPU uuid → its latest metrics sample and when it was recorded.
+    #[serde(default)]
+    pub gpu_samples: BTreeMap<String, (GpuSample, i64)>,
 }
+
+/// An incident opened by a detector, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentRow {
+    pub id: String,
+    pub kind: String,
+    pub subject: String,
+    pub node: String,
+    pub signals: Vec<String>,
+    pub summary: String,
+    /// `open` or `resolved`.
+    pub status: String,
+    pub opened_seq: u64,
+    pub opened_ms: i64,
+    pub opened_by: String,
+    pub resolved_seq: Option<u64>,
+    pub resolved_ms: Option<i64>,
+    pub resolved_by: Option<String>,
+    pub root_cause: Option<String>,
+    pub resolution: Option<String>,
+}
+
+/// A resolved incident whose signals match another's: what was learned then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeenBefore {
+    pub incident_id: String,
+    pub similarity: f64,
+    pub subject: String,
+    pub opened_ms: i64,
+    pub resolved_by: Option<String>,
+    pub root_cause: Option<String>,
+    pub resolution: Option<String>,
+}
+
+/// An incident with what similar resolved incidents taught (`clawctl incident get`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentDetail {
+    #[serde(flatten)]
+    pub incident: IncidentRow,
+    pub seen_before: Vec<SeenBefore>,
+}
+
+/// Resolved incidents of the same kind sharing at least this share of signals
+/// are shown as "seen before".
+pub const SEEN_BEFORE_MIN_SIMILARITY: f64 = 0.5;
 
 /// One `GpuHealthChecked`: per-device results, or why the check could not run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +176,8 @@ pub struct ClusterView {
     pub proposals: BTreeMap<String, ProposalRow>,
     /// Count of events per kind, for a quick overview.
     pub event_counts: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub incidents: BTreeMap<String, IncidentRow>,
 }
 
 fn who(a: &Actor) -> String {
@@ -146,12 +196,42 @@ impl ClusterView {
                     uuid: g.uuid.clone(),
                     model: g.model.clone(),
                     memory_mb: g.memory_mb,
-                    last_sample: None,
-                    last_sample_ms: None,
+                    last_sample: n.gpu_samples.get(&g.uuid).map(|(s, _)| s.clone()),
+                    last_sample_ms: n.gpu_samples.get(&g.uuid).map(|(_, t)| *t),
                 });
             }
         }
         out
+    }
+
+    /// Resolved incidents of the same kind whose signals match this one's,
+    /// most similar first (then most recent): what fixed it last time.
+    pub fn seen_before(&self, incident_id: &str) -> Vec<SeenBefore> {
+        let Some(this) = self.incidents.get(incident_id) else { return Vec::new() };
+        let mut out: Vec<SeenBefore> = self
+            .incidents
+            .values()
+            .filter(|i| i.id != this.id && i.kind == this.kind && i.status == "resolved")
+            .filter_map(|i| {
+                let similarity = claw_commands::signal_similarity(&this.signals, &i.signals);
+                (similarity >= SEEN_BEFORE_MIN_SIMILARITY).then(|| SeenBefore {
+                    incident_id: i.id.clone(),
+                    similarity,
+                    subject: i.subject.clone(),
+                    opened_ms: i.opened_ms,
+                    resolved_by: i.resolved_by.clone(),
+                    root_cause: i.root_cause.clone(),
+                    resolution: i.resolution.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(b.opened_ms.cmp(&a.opened_ms)));
+        out
+    }
+
+    pub fn incident_detail(&self, incident_id: &str) -> Option<IncidentDetail> {
+        let incident = self.incidents.get(incident_id)?.clone();
+        Some(IncidentDetail { incident, seen_before: self.seen_before(incident_id) })
     }
 
     /// Finds a workload by id, or by the name of its most recent submission.
@@ -240,6 +320,7 @@ impl ClusterView {
                 let drain_reason = prev.and_then(|n| n.drain_reason.clone());
                 let allocated_gpus = prev.map(|n| n.allocated_gpus.clone()).unwrap_or_default();
                 let last_health_check = prev.and_then(|n| n.last_health_check.clone());
+                let gpu_samples = prev.map(|n| n.gpu_samples.clone()).unwrap_or_default();
                 self.nodes.insert(
                     node.clone(),
                     NodeRow {
@@ -254,6 +335,7 @@ impl ClusterView {
                         not_ready_reason: None,
                         allocated_gpus,
                         last_health_check,
+                        gpu_samples,
                     },
                 );
             }
@@ -310,9 +392,48 @@ impl ClusterView {
                     }
                 }
             }
-            Event::GpuMetricsObserved { node, .. } => {
+            Event::GpuMetricsObserved { node, samples } => {
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.last_heartbeat_ms = t;
+                    for s in samples {
+                        // Only GPUs the node registered: a stray uuid would
+                        // make the row grow without bound.
+                        if n.capabilities.gpus.iter().any(|g| g.uuid == s.gpu_uuid) {
+                            n.gpu_samples.insert(s.gpu_uuid.clone(), (s.clone(), t));
+                        }
+                    }
+                }
+            }
+            Event::IncidentOpened { incident_id, incident_kind, subject, node, signals, summary } => {
+                self.incidents.insert(
+                    incident_id.clone(),
+                    IncidentRow {
+                        id: incident_id.clone(),
+                        kind: incident_kind.clone(),
+                        subject: subject.clone(),
+                        node: node.clone(),
+                        signals: signals.clone(),
+                        summary: summary.clone(),
+                        status: "open".into(),
+                        opened_seq: seq,
+                        opened_ms: t,
+                        opened_by: who(&rec.actor),
+                        resolved_seq: None,
+                        resolved_ms: None,
+                        resolved_by: None,
+                        root_cause: None,
+                        resolution: None,
+                    },
+                );
+            }
+            Event::IncidentResolved { incident_id, root_cause, resolution } => {
+                if let Some(i) = self.incidents.get_mut(incident_id) {
+                    i.status = "resolved".into();
+                    i.resolved_seq = Some(seq);
+                    i.resolved_ms = Some(t);
+                    i.resolved_by = Some(who(&rec.actor));
+                    i.root_cause = Some(root_cause.clone());
+                    i.resolution = Some(resolution.clone());
                 }
             }
             Event::NodeDrainRequested { node, reason } => {
@@ -395,5 +516,92 @@ fn release(nodes: &mut BTreeMap<String, NodeRow>, w: &mut WorkloadRow) {
         for uuid in &gpus {
             n.allocated_gpus.remove(uuid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use claw_commands::{GpuInfo, GENESIS_HASH};
+
+    fn rec(seq: u64, t: i64, actor: Actor, event: Event) -> EventRecord {
+        EventRecord {
+            seq,
+            raft_index: seq,
+            time_ms: t,
+            command_id: format!("c{seq}"),
+            correlation_id: format!("c{seq}"),
+            actor,
+            event,
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        }
+    }
+
+    fn opened(id: &str, subject: &str, signals: &[&str]) -> Event {
+        Event::IncidentOpened {
+            incident_id: id.into(),
+            incident_kind: "gpu_xid".into(),
+            subject: subject.into(),
+            node: "n1".into(),
+            signals: signals.iter().map(|s| s.to_string()).collect(),
+            summary: "xid".into(),
+        }
+    }
+
+    #[test]
+    fn a_new_incident_recalls_how_a_similar_one_was_resolved() {
+        let mut v = ClusterView::default();
+        let node = Actor { kind: claw_commands::ActorKind::Node, name: "n1".into() };
+        v.apply(&rec(1, 10, node.clone(), opened("inc-a", "gpu:A", &["gpu_model:H100", "xid:79"])));
+        v.apply(&rec(2, 20, node.clone(), opened("inc-b", "gpu:B", &["gpu_model:A100", "xid:48"])));
+        v.apply(&rec(
+            3,
+            30,
+            Actor::user("alice"),
+            Event::IncidentResolved {
+                incident_id: "inc-a".into(),
+                root_cause: "GPU fell off the bus: loose riser".into(),
+                resolution: "reseated the riser".into(),
+            },
+        ));
+        // Same XID on another H100: inc-a is recalled, with alice's notes.
+        v.apply(&rec(4, 40, node.clone(), opened("inc-c", "gpu:C", &["gpu_model:H100", "xid:79"])));
+        let seen = v.seen_before("inc-c");
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].incident_id, "inc-a");
+        assert_eq!(seen[0].similarity, 1.0);
+        assert_eq!(seen[0].resolved_by.as_deref(), Some("user:alice"));
+        assert_eq!(seen[0].resolution.as_deref(), Some("reseated the riser"));
+        // inc-b is still open, and its signals differ: nothing to recall.
+        assert!(v.seen_before("inc-b").is_empty());
+        assert_eq!(v.incidents["inc-a"].status, "resolved");
+        assert_eq!(v.incidents["inc-c"].status, "open");
+    }
+
+    #[test]
+    fn the_latest_sample_of_each_registered_gpu_is_kept() {
+        let mut v = ClusterView::default();
+        let node = Actor { kind: claw_commands::ActorKind::Node, name: "n1".into() };
+        let caps = NodeCapabilities {
+            gpus: vec![GpuInfo { index: 0, uuid: "GPU-0".into(), model: "H100".into(), memory_mb: 81_559 }],
+            ..Default::default()
+        };
+        v.apply(&rec(1, 10, node.clone(), Event::NodeRegistered { node: "n1".into(), capabilities: caps.clone() }));
+        let sample = |u: &str, util| GpuSample { gpu_uuid: u.into(), utilization_pct: util, ..Default::default() };
+        v.apply(&rec(
+            2,
+            20,
+            node.clone(),
+            Event::GpuMetricsObserved { node: "n1".into(), samples: vec![sample("GPU-0", 10.0), sample("GPU-X", 1.0)] },
+        ));
+        v.apply(&rec(3, 30, node.clone(), Event::GpuMetricsObserved { node: "n1".into(), samples: vec![sample("GPU-0", 97.0)] }));
+        // A re-registration (agent restart) keeps the last reading.
+        v.apply(&rec(4, 40, node, Event::NodeRegistered { node: "n1".into(), capabilities: caps }));
+        let gpus = v.gpus();
+        assert_eq!(gpus.len(), 1);
+        assert_eq!(gpus[0].last_sample.as_ref().map(|s| s.utilization_pct), Some(97.0));
+        assert_eq!(gpus[0].last_sample_ms, Some(30));
+        assert!(!v.nodes["n1"].gpu_samples.contains_key("GPU-X"), "unregistered GPUs are not kept");
     }
 }

@@ -9,5 +9,8 @@
 mod cluster_view;
 mod error;
 
-pub use cluster_view::{ClusterView, GpuRow, HealthCheckRow, MemberRow, NodeRow, ProposalRow, WorkloadRow};
+pub use cluster_view::{
+    ClusterView, GpuRow, HealthCheckRow, IncidentDetail, IncidentRow, MemberRow, NodeRow, ProposalRow, SeenBefore, WorkloadRow,
+    SEEN_BEFORE_MIN_SIMILARITY,
+};
 pub use error::{Error, Result};

@@ -68,6 +68,28 @@ impl From<v1::GpuSample> for GpuSample {
             memory_used_mb: s.memory_used_mb,
             temperature_c: s.temperature_c,
             power_w: s.power_w,
+            sm_clock_mhz: s.sm_clock_mhz,
+            ecc_corrected: s.ecc_corrected,
+            ecc_uncorrected: s.ecc_uncorrected,
+            throttle_reasons: s.throttle_reasons,
+            xid_errors: s.xid_errors,
+        }
+    }
+}
+
+impl From<GpuSample> for v1::GpuSample {
+    fn from(s: GpuSample) -> Self {
+        v1::GpuSample {
+            gpu_uuid: s.gpu_uuid,
+            utilization_pct: s.utilization_pct,
+            memory_used_mb: s.memory_used_mb,
+            temperature_c: s.temperature_c,
+            power_w: s.power_w,
+            sm_clock_mhz: s.sm_clock_mhz,
+            ecc_corrected: s.ecc_corrected,
+            ecc_uncorrected: s.ecc_uncorrected,
+            throttle_reasons: s.throttle_reasons,
+            xid_errors: s.xid_errors,
         }
     }
 }
@@ -199,6 +221,12 @@ pub fn command_from_pb(cmd: Option<submit_request::Command>) -> Result<Command> 
                 results: r.results.into_iter().map(Into::into).collect(),
                 error: opt(r.error),
             }
+        }
+        C::ResolveIncident(r) => {
+            if r.incident_id.is_empty() {
+                return Err(ConversionError::Missing("resolve_incident.incident_id"));
+            }
+            Command::ResolveIncident { incident_id: r.incident_id, root_cause: r.root_cause, resolution: r.resolution }
         }
     })
 }

@@ -1,6 +1,5 @@
 //! The built `clawd` and `clawctl` binaries, driven the way a user drives them.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};

@@ -351,3 +351,64 @@ async fn node_check_runs_the_gpu_health_check_on_the_agent() -> Result<()> {
     ensure!(err.contains("not found"), "{err}");
     Ok(())
 }
+
+/// `clawctl` run off the async runtime (it is a blocking child process).
+async fn ctl_ok(addr: &str, args: &[&str]) -> Result<String> {
+    let ctl = claw_tests::Ctl::new(addr);
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || ctl.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())).await?
+}
+
+/// Waits for an open `node_lost` incident about `node`; returns its id.
+async fn wait_node_lost(addr: &str, node: &str) -> Result<String> {
+    wait_for(&format!("a node_lost incident for {node}"), WAIT, || async {
+        let out = ctl_ok(addr, &["incident", "list", "-o", "json"]).await.ok()?;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
+        rows.into_iter()
+            .find(|r| r["kind"] == "node_lost" && r["subject"] == format!("node:{node}") && r["status"] == "open")
+            .and_then(|r| r["id"].as_str().map(str::to_string))
+    })
+    .await
+}
+
+/// A node whose agent dies is lost: clawd marks it NotReady, a detector
+/// opens a `node_lost` incident, and an operator resolves it with a root
+/// cause. When the same node is lost again, `clawctl incident get` recalls
+/// that root cause and resolution ("seen before").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_opens_an_incident_that_is_remembered_next_time() -> Result<()> {
+    let c = Cluster::start(1, &[("CLAW_SCHEDULER_NODE_TIMEOUT_MS", "3000")]).await?;
+    let addr = c.members[0].addr.clone();
+    let mut node = Node::new(c.dir.path(), "flaky-a", &addr, &["--runtime", "exec", "--heartbeat-interval", "1s"]);
+    node.spawn()?;
+    wait_registered(&addr, &node).await?;
+
+    node.kill();
+    let first = wait_node_lost(&addr, "flaky-a").await?;
+    let out = ctl_ok(
+        &addr,
+        &["incident", "resolve", &first, "--root-cause", "PSU tripped", "--resolution", "swapped the PSU"],
+    )
+    .await?;
+    ensure!(out.contains("resolved"), "{out}");
+
+    // Back (a heartbeat makes it Ready), then lost again: a new incident
+    // that recalls the first.
+    node.spawn()?;
+    wait_for("flaky-a to be Ready again", WAIT, || async {
+        let out = ctl_ok(&addr, &["node", "list"]).await.ok()?;
+        out.lines().any(|l| l.starts_with("flaky-a") && l.contains(" Ready")).then_some(())
+    })
+    .await?;
+    node.kill();
+    let second = wait_node_lost(&addr, "flaky-a").await?;
+    ensure!(second != first, "the resolved incident stays resolved; a new one opens");
+    let get = ctl_ok(&addr, &["incident", "get", &second]).await?;
+    ensure!(get.contains("seen before:") && get.contains(&first), "{get}");
+    ensure!(get.contains("root cause: PSU tripped") && get.contains("resolution: swapped the PSU"), "{get}");
+    // The same incidents through SQL.
+    let sql =
+        ctl_ok(&addr, &["sql", "SELECT id, status FROM incidents WHERE kind = 'node_lost' ORDER BY opened_seq"]).await?;
+    ensure!(sql.contains(&first) && sql.contains("resolved") && sql.contains(&second) && sql.contains("open"), "{sql}");
+    Ok(())
+}

@@ -217,7 +217,7 @@ fn a_node_that_goes_silent_loses_its_workloads_and_comes_back_with_a_heartbeat()
     )
     .unwrap();
     let kinds: Vec<&str> = ev.iter().map(Event::kind).collect();
-    assert_eq!(kinds, ["NodeNotReady", "WorkloadLost", "WorkloadLost"]);
+    assert_eq!(kinds, ["NodeNotReady", "WorkloadLost", "WorkloadLost", "IncidentOpened"]);
     assert!(!s.nodes["n1"].ready);
     assert_eq!(s.workloads["w-1"].status, WorkloadStatus::Pending);
     assert_eq!(s.workloads["w-2"].status, WorkloadStatus::Pending);
@@ -321,6 +321,21 @@ fn arb_command() -> impl Strategy<Value = Command> {
             reason,
             requeue
         }),
+        (arb_text(), arb_text(), arb_text()).prop_map(|(incident_id, root_cause, resolution)| {
+            Command::ResolveIncident { incident_id, root_cause, resolution }
+        }),
+        (arb_text(), arb_text(), any::<u64>(), proptest::collection::vec(any::<u64>(), 0..3)).prop_map(
+            |(node, gpu_uuid, ecc_uncorrected, xid_errors)| Command::ObserveGpuMetrics {
+                node,
+                samples: vec![crate::GpuSample {
+                    gpu_uuid,
+                    ecc_uncorrected: ecc_uncorrected % 3,
+                    xid_errors,
+                    throttle_reasons: vec!["hw_thermal_slowdown".into()],
+                    ..Default::default()
+                }]
+            }
+        ),
     ]
 }
 
@@ -432,4 +447,110 @@ fn health_report_is_recorded_and_non_finite_numbers_are_refused() {
     let bad = crate::GpuHealthResult { gflops: f64::NAN, ..result };
     let err = run(&mut s, "r3", report(vec![bad])).unwrap_err();
     assert!(matches!(err, Rejection::InvalidArgument { ref field, .. } if field == "results[0]"), "{err:?}");
+}
+
+fn sample(uuid: &str) -> crate::GpuSample {
+    crate::GpuSample { gpu_uuid: uuid.into(), temperature_c: 60.0, ..Default::default() }
+}
+
+fn incidents_in(events: &[Event]) -> Vec<(String, String, Vec<String>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::IncidentOpened { incident_kind: kind, subject, signals, .. } => {
+                Some((kind.clone(), subject.clone(), signals.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn gpu_trouble_opens_one_incident_per_kind_and_gpu_until_resolved() {
+    let mut s = DecisionState::default();
+    run(&mut s, "r1", Command::RegisterNode { node: "n1".into(), capabilities: gpus("n1", 2, "H100") }).unwrap();
+    let healthy = run(&mut s, "m0", Command::ObserveGpuMetrics { node: "n1".into(), samples: vec![sample("n1-gpu-0")] })
+        .unwrap();
+    assert_eq!(healthy.len(), 1, "a healthy sample opens nothing");
+
+    let mut hot = sample("n1-gpu-0");
+    hot.throttle_reasons = vec!["hw_thermal_slowdown".into(), "sw_power_cap".into()];
+    hot.xid_errors = vec![79, 79];
+    hot.ecc_uncorrected = 2;
+    let ev = run(&mut s, "m1", Command::ObserveGpuMetrics { node: "n1".into(), samples: vec![hot.clone()] }).unwrap();
+    let found = incidents_in(&ev);
+    assert_eq!(
+        found,
+        vec![
+            ("gpu_xid".into(), "gpu:n1-gpu-0".into(), vec!["gpu_model:H100".to_string(), "xid:79".into()]),
+            ("gpu_ecc".into(), "gpu:n1-gpu-0".into(), vec!["ecc_uncorrected".into(), "gpu_model:H100".into()]),
+            (
+                "thermal_throttling".into(),
+                "gpu:n1-gpu-0".into(),
+                vec!["gpu_model:H100".into(), "thermal_throttle".into(), "throttle:hw_thermal_slowdown".into()]
+            ),
+        ]
+    );
+    // Still hot, same ECC count: the open incidents are not opened again.
+    let again = run(&mut s, "m2", Command::ObserveGpuMetrics { node: "n1".into(), samples: vec![hot.clone()] }).unwrap();
+    assert!(incidents_in(&again).is_empty(), "{again:?}");
+
+    let thermal_id = s.open_incidents["thermal_throttling|gpu:n1-gpu-0"].clone();
+    let err = run(
+        &mut s,
+        "x1",
+        Command::ResolveIncident { incident_id: thermal_id.clone(), root_cause: " ".into(), resolution: "fan".into() },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("root_cause"), "{err}");
+    run(
+        &mut s,
+        "x2",
+        Command::ResolveIncident {
+            incident_id: thermal_id.clone(),
+            root_cause: "blocked air intake".into(),
+            resolution: "cleaned the filter".into(),
+        },
+    )
+    .unwrap();
+    let twice = run(
+        &mut s,
+        "x3",
+        Command::ResolveIncident { incident_id: thermal_id, root_cause: "a".into(), resolution: "b".into() },
+    )
+    .unwrap_err();
+    assert!(twice.to_string().contains("already resolved"), "{twice}");
+    // Resolved while the GPU is still hot: the next sample opens a new one.
+    let ev = run(&mut s, "m3", Command::ObserveGpuMetrics { node: "n1".into(), samples: vec![hot] }).unwrap();
+    let kinds: Vec<String> = incidents_in(&ev).into_iter().map(|(k, _, _)| k).collect();
+    assert_eq!(kinds, ["thermal_throttling"]);
+}
+
+#[test]
+fn a_workload_name_that_keeps_failing_is_a_crash_loop() {
+    let mut s = DecisionState::default();
+    run(&mut s, "r1", Command::RegisterNode { node: "n1".into(), capabilities: gpus("n1", 2, "H100") }).unwrap();
+    let mut opened = Vec::new();
+    for i in 0..4 {
+        let id = format!("w-{i}");
+        let mut sp = spec("trainer");
+        sp.gpu_model = None;
+        sp.gpus = 0;
+        run(&mut s, &format!("s{i}"), Command::SubmitWorkload { workload_id: id.clone(), spec: sp }).unwrap();
+        place(&mut s, &format!("p{i}"), &id, "n1", &[]).unwrap();
+        let ev = run(
+            &mut s,
+            &format!("e{i}"),
+            Command::ReportWorkloadExited { workload_id: id, node: "n1".into(), exit_code: 137, oom_killed: true },
+        )
+        .unwrap();
+        opened.push(incidents_in(&ev));
+    }
+    // The third failure opens it; the fourth finds it open.
+    assert_eq!(opened.iter().map(Vec::len).collect::<Vec<_>>(), [0, 0, 1, 0]);
+    let (kind, subject, signals) = opened[2][0].clone();
+    assert_eq!((kind.as_str(), subject.as_str()), ("crash_loop", "workload:trainer"));
+    assert_eq!(signals, ["crash_loop", "exit_code:137", "image:busybox", "oom_killed"]);
+    // Every failure inside the window is remembered.
+    assert_eq!(s.recent_failures["trainer"].len(), 4);
 }

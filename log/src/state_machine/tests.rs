@@ -112,6 +112,11 @@ fn command(g: &mut Gen, last_seq_hint: u64) -> Command {
                 memory_used_mb: 1000,
                 temperature_c: 60.0,
                 power_w: 300.0,
+                // Now and then trouble, so detectors open incidents in the history.
+                ecc_uncorrected: g.below(3),
+                xid_errors: if g.below(5) == 0 { vec![79] } else { vec![] },
+                throttle_reasons: if g.below(4) == 0 { vec!["hw_thermal_slowdown".into()] } else { vec![] },
+                ..Default::default()
             }],
         },
         _ => Command::StateIntent { text: if g.below(4) == 0 { " ".into() } else { "train llama".into() } },
@@ -459,4 +464,67 @@ proptest::proptest! {
             assert_eq!(verify_chain(GENESIS_HASH, &events).expect("chain"), store.last_hash());
         });
     }
+}
+
+/// Rollups close a bucket once the log holds a later event, summarise each
+/// GPU's samples in it exactly (min/avg/max/nearest-rank p95), skip empty
+/// stretches, resume from their watermark, and expire by retention.
+#[tokio::test]
+async fn gpu_metrics_roll_up_per_minute_and_hour() {
+    use crate::Resolution;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm, store) = open_storage(dir.path(), CHECKPOINT_EVERY).expect("open");
+    let t0: i64 = 1_700_000_000_000 / 3_600_000 * 3_600_000; // on an hour boundary
+    let env = |n: u64, t: i64, command: Command| CommandEnvelope {
+        command_id: format!("c{n}"),
+        actor: Actor::user("ada"),
+        time_ms: t,
+        correlation_id: format!("c{n}"),
+        command,
+    };
+    let caps = NodeCapabilities {
+        gpus: vec![GpuInfo { index: 0, uuid: "G0".into(), model: "H100".into(), memory_mb: 80_000 }],
+        ..Default::default()
+    };
+    let mut envs = vec![env(0, t0, Command::RegisterNode { node: "gpu-a".into(), capabilities: caps })];
+    // Minute 0: utilisation 1..=20 (one sample every 3 s); minute 1: nothing;
+    // minute 2: 50 and 70; then one sample two hours later closes everything before it.
+    let sample = |u: f64| GpuSample { gpu_uuid: "G0".into(), utilization_pct: u, temperature_c: 40.0 + u, ..Default::default() };
+    for i in 0..20 {
+        envs.push(env(1 + i, t0 + 3_000 * i as i64, Command::ObserveGpuMetrics { node: "gpu-a".into(), samples: vec![sample(1.0 + i as f64)] }));
+    }
+    envs.push(env(30, t0 + 120_000, Command::ObserveGpuMetrics { node: "gpu-a".into(), samples: vec![sample(50.0)] }));
+    envs.push(env(31, t0 + 150_000, Command::ObserveGpuMetrics { node: "gpu-a".into(), samples: vec![sample(70.0)] }));
+    envs.push(env(32, t0 + 2 * 3_600_000 + 5, Command::Heartbeat { node: "gpu-a".into() }));
+    let entries: Vec<_> = envs.into_iter().enumerate().map(|(i, e)| normal(i as u64 + 1, e)).collect();
+    sm.apply(entries).await.expect("apply");
+
+    let p = store.roll_up(10_000).expect("roll up");
+    let minutes = store.rollups(Resolution::Minute, i64::MIN, i64::MAX, None).expect("read");
+    let got: Vec<(i64, u64, f64, f64, f64, f64)> = minutes
+        .iter()
+        .map(|r| {
+            let u = r.utilization_pct;
+            (r.bucket_ms - t0, r.samples, u.min, u.avg, u.max, u.p95)
+        })
+        .collect();
+    assert_eq!(got, [(0, 20, 1.0, 10.5, 20.0, 19.0), (120_000, 2, 50.0, 60.0, 70.0, 70.0)]);
+    assert_eq!(minutes[1].temperature_c.max, 110.0);
+    let hours = store.rollups(Resolution::Hour, i64::MIN, i64::MAX, Some("gpu-a")).expect("read");
+    assert_eq!(hours.len(), 1);
+    assert_eq!((hours[0].bucket_ms, hours[0].samples, hours[0].utilization_pct.max), (t0, 22, 70.0));
+    // Empty minutes are skipped, not walked one by one.
+    assert!(p.buckets["1m"] < 10, "{p:?}");
+    assert_eq!(store.rollup_watermark(Resolution::Hour).expect("wm"), Some(t0 + 2 * 3_600_000));
+
+    // A second pass has nothing left to close; node filter and time range narrow the read.
+    let again = store.roll_up(10_000).expect("roll up");
+    assert_eq!(again.rows, 0);
+    assert!(store.rollups(Resolution::Minute, i64::MIN, i64::MAX, Some("gpu-b")).expect("read").is_empty());
+    assert_eq!(store.rollups(Resolution::Minute, t0 + 60_000, i64::MAX, None).expect("read").len(), 1);
+
+    // Retention drops the minute rows that started before the cut, not the hour rows.
+    assert_eq!(store.expire_rollups(Resolution::Minute, t0 + 60_000).expect("expire"), 1);
+    assert_eq!(store.rollups(Resolution::Minute, i64::MIN, i64::MAX, None).expect("read").len(), 1);
+    assert_eq!(store.rollups(Resolution::Hour, i64::MIN, i64::MAX, None).expect("read").len(), 1);
 }
