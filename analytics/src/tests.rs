@@ -92,6 +92,9 @@ impl Fixture {
         for i in 0..30 {
             f.propose(&mut n, Command::StateIntent { text: format!("padding {i}") }).await?;
         }
+        // gpu-b goes silent: NotReady, and a node_lost incident.
+        let lost = Command::MarkNodeNotReady { node: "gpu-b".into(), reason: "no heartbeat".into(), requeue: true };
+        f.propose(&mut n, lost).await?;
         f.propose(&mut n, Command::Heartbeat { node: "gpu-a".into() }).await?;
         Ok(f)
     }

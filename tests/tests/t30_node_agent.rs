@@ -379,7 +379,7 @@ async fn wait_node_lost(addr: &str, node: &str) -> Result<String> {
 async fn a_lost_node_opens_an_incident_that_is_remembered_next_time() -> Result<()> {
     let c = Cluster::start(1, &[("CLAW_SCHEDULER_NODE_TIMEOUT_MS", "3000")]).await?;
     let addr = c.members[0].addr.clone();
-    let mut node = Node::new(c.dir.path(), "flaky-a", &addr, &["--runtime", "exec", "--heartbeat-interval", "1s"]);
+    let mut node = Node::new(c.dir.path(), "flaky-a", &addr, &["--runtime", "exec"]);
     node.spawn()?;
     wait_registered(&addr, &node).await?;
 

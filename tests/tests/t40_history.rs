@@ -25,11 +25,13 @@ async fn register_node(addr: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The last seq, read the way a user would.
+/// The last seq, read the way a user would (`events -o json` prints one
+/// JSON record per line).
 fn last_seq(ctl: &Ctl) -> Result<u64> {
-    let events = ctl.json(&["events", "--from", "1"])?;
-    let seqs = events.as_array().context("events is a list")?;
-    seqs.last().and_then(|e| e["seq"].as_u64()).context("at least one event")
+    let out = ctl.ok(&["-o", "json", "events", "--from", "1"])?;
+    let last = out.lines().rfind(|l| !l.trim().is_empty()).context("at least one event")?;
+    let rec: serde_json::Value = serde_json::from_str(last).with_context(|| format!("not JSON: {last}"))?;
+    rec["seq"].as_u64().context("the record has a seq")
 }
 
 /// Runs a Python snippet; its stdout, trimmed.
