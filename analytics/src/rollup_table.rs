@@ -50,7 +50,9 @@ impl RollupTable {
 
     fn batch(rows: &[RollupRow]) -> crate::Result<datafusion::arrow::record_batch::RecordBatch> {
         let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(rows.iter().map(|r| Some(r.bucket_ms)).collect::<TimestampMillisecondArray>().with_timezone("UTC")),
+            Arc::new(
+                rows.iter().map(|r| Some(r.bucket_ms)).collect::<TimestampMillisecondArray>().with_timezone("UTC"),
+            ),
             Arc::new(rows.iter().map(|r| Some(r.node.as_str())).collect::<StringArray>()),
             Arc::new(rows.iter().map(|r| Some(r.gpu_uuid.as_str())).collect::<StringArray>()),
             Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.samples))),

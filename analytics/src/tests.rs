@@ -435,10 +435,18 @@ async fn minute_rollups_are_queryable_once_the_minute_closes() -> anyhow::Result
     let samples = b.column_by_name("samples").context("samples")?.as_primitive::<UInt64Type>().value(0);
     assert_eq!(samples, 5);
     let f64_at = |name: &str| -> anyhow::Result<f64> {
-        Ok(b.column_by_name(name).context("column")?.as_primitive::<datafusion::arrow::datatypes::Float64Type>().value(0))
+        Ok(b.column_by_name(name)
+            .context("column")?
+            .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+            .value(0))
     };
     assert_eq!(
-        (f64_at("utilization_pct_min")?, f64_at("utilization_pct_avg")?, f64_at("utilization_pct_max")?, f64_at("utilization_pct_p95")?),
+        (
+            f64_at("utilization_pct_min")?,
+            f64_at("utilization_pct_avg")?,
+            f64_at("utilization_pct_max")?,
+            f64_at("utilization_pct_p95")?
+        ),
         (0.0, 20.0, 40.0, 40.0)
     );
     let later = one_batch(&a, "SELECT * FROM metrics_1m WHERE time > TIMESTAMP '2026-01-01T00:05:00Z'").await?;

@@ -59,10 +59,7 @@ impl HistoryReport {
     pub fn render_table(&self) -> String {
         key_values(&[
             ("events in history", self.events.to_string()),
-            (
-                "generated",
-                format!("{} in {:.1}s ({} errors)", self.generated, self.generate_s, self.generate_errors),
-            ),
+            ("generated", format!("{} in {:.1}s ({} errors)", self.generated, self.generate_s, self.generate_errors)),
             (
                 "state_at",
                 format!(

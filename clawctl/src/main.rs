@@ -18,9 +18,9 @@ mod replay;
 mod sql;
 mod state_diff;
 mod status;
-mod top;
 #[cfg(test)]
 mod testing;
+mod top;
 mod workload;
 
 use std::process::ExitCode;

@@ -315,16 +315,19 @@ async fn story(client: &Client, format: Format, id_or_name: &str) -> Result<()> 
     let row = present
         .view
         .find_workload(id_or_name)
-        .or_else(|| present.view.workloads.values().filter(|w| w.spec.name == id_or_name).max_by_key(|w| w.submitted_seq))
+        .or_else(|| {
+            present.view.workloads.values().filter(|w| w.spec.name == id_or_name).max_by_key(|w| w.submitted_seq)
+        })
         .cloned()
         .ok_or_else(|| anyhow!("workload {id_or_name:?} not found (see: clawctl workload list)"))?;
     let mut records = Vec::new();
     let filter = v1::EventFilter { kinds: Vec::new(), node: String::new(), workload: row.id.clone() };
-    client.events_between(row.submitted_seq, present.seq, Some(filter), |page| {
-        records.extend(page);
-        Ok(())
-    })
-    .await?;
+    client
+        .events_between(row.submitted_seq, present.seq, Some(filter), |page| {
+            records.extend(page);
+            Ok(())
+        })
+        .await?;
     // Decisions on proposals about this workload name the proposal, not
     // the workload: find them by id.
     let proposals: Vec<String> = records
@@ -410,10 +413,9 @@ fn story_line(rec: &EventRecord) -> StoryLine {
             format!("{stream}: {}", output::truncate(data.trim_end(), 80).replace('\n', "⏎"))
         }
         Event::WorkloadCancelRequested { reason, .. } => format!("cancel requested: {reason}"),
-        Event::WorkloadLost { node, reason, requeued, .. } => format!(
-            "lost with node {node} ({reason}); {}",
-            if *requeued { "back to Pending" } else { "not requeued" }
-        ),
+        Event::WorkloadLost { node, reason, requeued, .. } => {
+            format!("lost with node {node} ({reason}); {}", if *requeued { "back to Pending" } else { "not requeued" })
+        }
         Event::ProposalCreated { proposal_id, action, reason, .. } => {
             format!("proposal {proposal_id}: {action} because {reason}")
         }
@@ -449,7 +451,9 @@ mod tests {
         assert_eq!(Moment::parse("now", NOW).unwrap(), Moment::TimeMs(NOW));
         assert_eq!(
             Moment::parse("2026-11-21T03:12:00Z", NOW).unwrap(),
-            Moment::TimeMs(chrono::DateTime::parse_from_rfc3339("2026-11-21T03:12:00+00:00").unwrap().timestamp_millis())
+            Moment::TimeMs(
+                chrono::DateTime::parse_from_rfc3339("2026-11-21T03:12:00+00:00").unwrap().timestamp_millis()
+            )
         );
         let err = Moment::parse("yesterday", NOW).unwrap_err().to_string();
         assert!(err.contains("\"yesterday\" is not a moment") && err.contains("-2h"), "{err}");
@@ -479,7 +483,8 @@ mod tests {
             gpu_uuids: vec!["GPU-0".into()],
             placement,
         };
-        let rec = EventRecord::seal(7, 7, NOW, Actor::system(), String::new(), String::new(), event, GENESIS_HASH.into());
+        let rec =
+            EventRecord::seal(7, 7, NOW, Actor::system(), String::new(), String::new(), event, GENESIS_HASH.into());
         let line = story_line(&rec);
         assert_eq!(line.text, "placed on gpu-a (GPU-0) by binpack: 1 of 2 nodes fit");
         assert_eq!(line.detail, vec!["gpu-a: chosen score 0.500", "gpu-b: failed gpu_count has 0 free"]);

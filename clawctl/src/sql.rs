@@ -83,7 +83,8 @@ impl Client {
         let mut stream = self.grpc.clone().query(request).await?.into_inner();
         while let Some(message) = stream.next().await {
             let bytes = message?.arrow_ipc;
-            let reader = StreamReader::try_new(bytes.as_slice(), None).context("clawd sent an unreadable Arrow stream")?;
+            let reader =
+                StreamReader::try_new(bytes.as_slice(), None).context("clawd sent an unreadable Arrow stream")?;
             let schema = reader.schema();
             let batches: Vec<RecordBatch> =
                 reader.collect::<Result<_, _>>().context("clawd sent an unreadable Arrow batch")?;

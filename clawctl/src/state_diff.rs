@@ -130,7 +130,16 @@ mod tests {
     use claw_commands::{Actor, Event, EventRecord, NodeCapabilities, GENESIS_HASH};
 
     fn rec(seq: u64, event: Event) -> EventRecord {
-        EventRecord::seal(seq, seq, 1_000 * seq as i64, Actor::user("ada"), String::new(), String::new(), event, GENESIS_HASH.into())
+        EventRecord::seal(
+            seq,
+            seq,
+            1_000 * seq as i64,
+            Actor::user("ada"),
+            String::new(),
+            String::new(),
+            event,
+            GENESIS_HASH.into(),
+        )
     }
 
     #[test]

@@ -136,8 +136,18 @@ fn opt(v: Option<f64>, unit: &str) -> String {
 }
 
 pub fn nodes_table(rows: &[NodeTop], now_ms: i64) -> String {
-    let mut t =
-        Table::new(["NODE", "STATE", "GPUS", "ALLOCATED", "UTIL", "GPU MEMORY", "MAX TEMP", "POWER", "THROTTLED", "LAST SEEN"]);
+    let mut t = Table::new([
+        "NODE",
+        "STATE",
+        "GPUS",
+        "ALLOCATED",
+        "UTIL",
+        "GPU MEMORY",
+        "MAX TEMP",
+        "POWER",
+        "THROTTLED",
+        "LAST SEEN",
+    ]);
     for n in rows {
         let no_samples = n.reporting == 0;
         t.row([
@@ -162,7 +172,18 @@ pub fn nodes_table(rows: &[NodeTop], now_ms: i64) -> String {
 
 pub fn gpus_table(rows: &[GpuTop], now_ms: i64) -> String {
     let mut t = Table::new([
-        "NODE", "GPU", "MODEL", "UTIL", "MEMORY", "TEMP", "POWER", "SM CLOCK", "ECC (C/U)", "THROTTLE", "WORKLOAD", "SAMPLED",
+        "NODE",
+        "GPU",
+        "MODEL",
+        "UTIL",
+        "MEMORY",
+        "TEMP",
+        "POWER",
+        "SM CLOCK",
+        "ECC (C/U)",
+        "THROTTLE",
+        "WORKLOAD",
+        "SAMPLED",
     ]);
     for g in rows {
         let s = g.sample.as_ref();

@@ -93,7 +93,12 @@ fn model_signal(state: &DecisionState, node: &str, gpu_uuid: &str) -> Option<Str
 
 /// Incidents a GPU metrics report opens: XID errors, new uncorrected ECC
 /// errors, thermal throttling.
-pub(crate) fn detect_gpu(state: &DecisionState, env: &CommandEnvelope, node: &str, samples: &[GpuSample]) -> Vec<Event> {
+pub(crate) fn detect_gpu(
+    state: &DecisionState,
+    env: &CommandEnvelope,
+    node: &str,
+    samples: &[GpuSample],
+) -> Vec<Event> {
     let mut findings = Vec::new();
     for s in samples {
         let subject = format!("gpu:{}", s.gpu_uuid);
@@ -173,7 +178,8 @@ pub(crate) fn detect_exit(
     if recent + 1 < CRASH_LOOP_FAILURES {
         return Vec::new();
     }
-    let mut signals = vec!["crash_loop".to_string(), format!("exit_code:{exit_code}"), format!("image:{}", w.spec.image)];
+    let mut signals =
+        vec!["crash_loop".to_string(), format!("exit_code:{exit_code}"), format!("image:{}", w.spec.image)];
     if oom_killed {
         signals.push("oom_killed".into());
     }

@@ -25,11 +25,11 @@ pub use decision::{
 };
 pub use envelope::{Actor, ActorKind, CommandEnvelope};
 pub use error::{Error, Rejection, Result};
+pub use event::{Event, GpuHealthResult, GpuInfo, GpuSample, NodeCapabilities};
 pub use incident::{
     signal_similarity, IncidentDecision, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW_MS, INCIDENT_KINDS,
     THERMAL_THROTTLE_REASONS,
 };
-pub use event::{Event, GpuHealthResult, GpuInfo, GpuSample, NodeCapabilities};
 pub use placement::{NodeVerdict, Placement, FILTERS};
 pub use record::{derive_id, verify_chain, ChainError, EventRecord, GENESIS_HASH};
 pub use scheduler::{pending_in_order, plan, schedule, Plan, Strategy};

@@ -327,18 +327,10 @@ impl Claw for ClawApi {
                 "proposal" => v.proposals.values().map(to_json).collect(),
                 "node" => v.nodes.values().map(to_json).collect(),
                 "member" => v.members.values().map(to_json).collect(),
-                "incident" => v
-                    .incidents
-                    .values()
-                    .filter(|i| r.node.is_empty() || i.node == r.node)
-                    .map(to_json)
-                    .collect(),
-                "gpu" => v
-                    .gpus()
-                    .iter()
-                    .filter(|g| r.node.is_empty() || g.node == r.node)
-                    .map(to_json)
-                    .collect(),
+                "incident" => {
+                    v.incidents.values().filter(|i| r.node.is_empty() || i.node == r.node).map(to_json).collect()
+                }
+                "gpu" => v.gpus().iter().filter(|g| r.node.is_empty() || g.node == r.node).map(to_json).collect(),
                 other => Err(Status::invalid_argument(format!(
                     "kind: {other:?} is not one of workload, proposal, node, member, incident, gpu"
                 ))),

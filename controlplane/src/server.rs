@@ -2,8 +2,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use claw_commands::{Actor, Command};
 use claw_analytics::Analytics;
+use claw_commands::{Actor, Command};
 use claw_log::{LogNode, LogOptions};
 use claw_proto::v1::claw_server::ClawServer;
 use tokio::sync::{oneshot, watch};

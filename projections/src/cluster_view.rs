@@ -595,7 +595,12 @@ mod tests {
             node.clone(),
             Event::GpuMetricsObserved { node: "n1".into(), samples: vec![sample("GPU-0", 10.0), sample("GPU-X", 1.0)] },
         ));
-        v.apply(&rec(3, 30, node.clone(), Event::GpuMetricsObserved { node: "n1".into(), samples: vec![sample("GPU-0", 97.0)] }));
+        v.apply(&rec(
+            3,
+            30,
+            node.clone(),
+            Event::GpuMetricsObserved { node: "n1".into(), samples: vec![sample("GPU-0", 97.0)] },
+        ));
         // A re-registration (agent restart) keeps the last reading.
         v.apply(&rec(4, 40, node, Event::NodeRegistered { node: "n1".into(), capabilities: caps }));
         let gpus = v.gpus();

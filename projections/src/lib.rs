@@ -10,7 +10,7 @@ mod cluster_view;
 mod error;
 
 pub use cluster_view::{
-    ClusterView, GpuRow, HealthCheckRow, IncidentDetail, IncidentRow, MemberRow, NodeRow, ProposalRow, SeenBefore, WorkloadRow,
-    SEEN_BEFORE_MIN_SIMILARITY,
+    ClusterView, GpuRow, HealthCheckRow, IncidentDetail, IncidentRow, MemberRow, NodeRow, ProposalRow, SeenBefore,
+    WorkloadRow, SEEN_BEFORE_MIN_SIMILARITY,
 };
 pub use error::{Error, Result};

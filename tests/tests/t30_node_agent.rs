@@ -407,8 +407,8 @@ async fn a_lost_node_opens_an_incident_that_is_remembered_next_time() -> Result<
     ensure!(get.contains("seen before:") && get.contains(&first), "{get}");
     ensure!(get.contains("root cause: PSU tripped") && get.contains("resolution: swapped the PSU"), "{get}");
     // The same incidents through SQL.
-    let sql =
-        ctl_ok(&addr, &["sql", "SELECT id, status FROM incidents WHERE kind = 'node_lost' ORDER BY opened_seq"]).await?;
+    let sql = ctl_ok(&addr, &["sql", "SELECT id, status FROM incidents WHERE kind = 'node_lost' ORDER BY opened_seq"])
+        .await?;
     ensure!(sql.contains(&first) && sql.contains("resolved") && sql.contains(&second) && sql.contains("open"), "{sql}");
     Ok(())
 }

@@ -19,8 +19,11 @@ async fn register_node(addr: &str, name: &str) -> Result<()> {
         memory_mb: 65_536,
         ..Default::default()
     });
-    let request =
-        v1::SubmitRequest { command_id: format!("register-{name}"), correlation_id: String::new(), command: Some(command) };
+    let request = v1::SubmitRequest {
+        command_id: format!("register-{name}"),
+        correlation_id: String::new(),
+        command: Some(command),
+    };
     client.submit(request).await.context("register node")?;
     Ok(())
 }
@@ -77,7 +80,9 @@ async fn replay_sql_and_exports_tell_the_same_history() -> Result<()> {
         .as_object()
         .context("workloads")?
         .values()
-        .map(|w| (w["id"].as_str().unwrap_or_default().to_string(), w["status"].as_str().unwrap_or_default().to_lowercase()))
+        .map(|w| {
+            (w["id"].as_str().unwrap_or_default().to_string(), w["status"].as_str().unwrap_or_default().to_lowercase())
+        })
         .collect();
     from_replay.sort();
     ensure!(from_replay.len() == 2, "two workloads at seq {before}: {from_replay:?}");
@@ -87,7 +92,9 @@ async fn replay_sql_and_exports_tell_the_same_history() -> Result<()> {
         .as_array()
         .context("rows")?
         .iter()
-        .map(|r| (r["id"].as_str().unwrap_or_default().to_string(), r["status"].as_str().unwrap_or_default().to_lowercase()))
+        .map(|r| {
+            (r["id"].as_str().unwrap_or_default().to_string(), r["status"].as_str().unwrap_or_default().to_lowercase())
+        })
         .collect();
     ensure!(from_sql == from_replay, "seance {from_sql:?} vs replay {from_replay:?}");
 

@@ -469,8 +469,8 @@ fn incidents_in(events: &[Event]) -> Vec<(String, String, Vec<String>)> {
 fn gpu_trouble_opens_one_incident_per_kind_and_gpu_until_resolved() {
     let mut s = DecisionState::default();
     run(&mut s, "r1", Command::RegisterNode { node: "n1".into(), capabilities: gpus("n1", 2, "H100") }).unwrap();
-    let healthy = run(&mut s, "m0", Command::ObserveGpuMetrics { node: "n1".into(), samples: vec![sample("n1-gpu-0")] })
-        .unwrap();
+    let healthy =
+        run(&mut s, "m0", Command::ObserveGpuMetrics { node: "n1".into(), samples: vec![sample("n1-gpu-0")] }).unwrap();
     assert_eq!(healthy.len(), 1, "a healthy sample opens nothing");
 
     let mut hot = sample("n1-gpu-0");
@@ -492,7 +492,8 @@ fn gpu_trouble_opens_one_incident_per_kind_and_gpu_until_resolved() {
         ]
     );
     // Still hot, same ECC count: the open incidents are not opened again.
-    let again = run(&mut s, "m2", Command::ObserveGpuMetrics { node: "n1".into(), samples: vec![hot.clone()] }).unwrap();
+    let again =
+        run(&mut s, "m2", Command::ObserveGpuMetrics { node: "n1".into(), samples: vec![hot.clone()] }).unwrap();
     assert!(incidents_in(&again).is_empty(), "{again:?}");
 
     let thermal_id = s.open_incidents["thermal_throttling|gpu:n1-gpu-0"].clone();

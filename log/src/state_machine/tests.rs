@@ -489,9 +489,14 @@ async fn gpu_metrics_roll_up_per_minute_and_hour() {
     let mut envs = vec![env(0, t0, Command::RegisterNode { node: "gpu-a".into(), capabilities: caps })];
     // Minute 0: utilisation 1..=20 (one sample every 3 s); minute 1: nothing;
     // minute 2: 50 and 70; then one sample two hours later closes everything before it.
-    let sample = |u: f64| GpuSample { gpu_uuid: "G0".into(), utilization_pct: u, temperature_c: 40.0 + u, ..Default::default() };
+    let sample =
+        |u: f64| GpuSample { gpu_uuid: "G0".into(), utilization_pct: u, temperature_c: 40.0 + u, ..Default::default() };
     for i in 0..20 {
-        envs.push(env(1 + i, t0 + 3_000 * i as i64, Command::ObserveGpuMetrics { node: "gpu-a".into(), samples: vec![sample(1.0 + i as f64)] }));
+        envs.push(env(
+            1 + i,
+            t0 + 3_000 * i as i64,
+            Command::ObserveGpuMetrics { node: "gpu-a".into(), samples: vec![sample(1.0 + i as f64)] },
+        ));
     }
     envs.push(env(30, t0 + 120_000, Command::ObserveGpuMetrics { node: "gpu-a".into(), samples: vec![sample(50.0)] }));
     envs.push(env(31, t0 + 150_000, Command::ObserveGpuMetrics { node: "gpu-a".into(), samples: vec![sample(70.0)] }));
