@@ -44,6 +44,8 @@ pub struct HistoryReport {
     pub state_at_p50_ms: f64,
     pub state_at_p99_ms: f64,
     pub state_at_max_ms: f64,
+    pub state_at_sql_p50_ms: f64,
+    pub state_at_sql_p99_ms: f64,
     pub filtered_query: String,
     pub filtered_ms: f64,
     pub filtered_rows_returned: u64,
@@ -63,8 +65,15 @@ impl HistoryReport {
             (
                 "state_at",
                 format!(
-                    "{} samples: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    "{} samples: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (GetState, whole view as JSON)",
                     self.state_at_samples, self.state_at_p50_ms, self.state_at_p99_ms, self.state_at_max_ms
+                ),
+            ),
+            (
+                "state_at (SQL)",
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms (SELECT count(*) FROM members_at(seq))",
+                    self.state_at_sql_p50_ms, self.state_at_sql_p99_ms
                 ),
             ),
             ("filtered query", self.filtered_query.clone()),
@@ -86,7 +95,9 @@ impl HistoryReport {
 /// The command mix of the generated history: mostly GPU metrics and
 /// heartbeats, as on a real fleet, with a trickle of workloads and intents.
 pub fn command_for(i: u64, nodes: usize) -> Command {
-    let node = format!("hist-{}", i as usize % nodes);
+    let n = i as usize % nodes;
+    // The names `sim_node("hist", n, 8)` registered.
+    let node = format!("sim-node-hist-{n:05}");
     match i % 200 {
         0 => Command::SubmitWorkload(v1::SubmitWorkload {
             spec: Some(v1::WorkloadSpec {
@@ -103,7 +114,7 @@ pub fn command_for(i: u64, nodes: usize) -> Command {
             node,
             samples: (0..8u64)
                 .map(|g| v1::GpuSample {
-                    gpu_uuid: format!("GPU-hist-{}-{g}", i as usize % nodes),
+                    gpu_uuid: format!("SIM-hist-{n:05}-{g}"),
                     utilization_pct: ((i * 7 + g * 13) % 100) as f64,
                     memory_used_mb: (i * 31 + g) % 80_000,
                     temperature_c: 40.0 + ((i + g) % 45) as f64,
@@ -171,13 +182,28 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         lat.record(t.elapsed().as_micros().max(1) as u64)?;
     }
 
+    // The same seqs through SQL on the smallest seance table: the cost of
+    // rebuilding the state (checkpoint + replay) without shipping the whole
+    // view as JSON, as GetState does.
+    let mut core = histogram();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..args.samples {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let seq = 1 + x % last;
+        let t = Instant::now();
+        client.query(&format!("SELECT count(*) FROM members_at({seq})")).await?;
+        core.record(t.elapsed().as_micros().max(1) as u64)?;
+    }
+
     // One node, a tenth of the history's time span, in its middle.
     let first_ms = client.get_state(Some(Moment::Seq(1))).await?.time_ms;
     let span = (present.time_ms - first_ms).max(10);
     let (lo, hi) = (first_ms + span * 45 / 100, first_ms + span * 55 / 100);
     let ts = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default();
     let filtered = format!(
-        "SELECT seq, kind FROM events WHERE node = 'hist-7' AND time >= TIMESTAMP '{}' AND time < TIMESTAMP '{}'",
+        "SELECT seq, kind FROM events WHERE node = 'sim-node-hist-00007' AND time >= TIMESTAMP '{}' AND time < TIMESTAMP '{}'",
         ts(lo),
         ts(hi)
     );
@@ -207,6 +233,8 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         state_at_p50_ms: ms(lat.value_at_quantile(0.5)),
         state_at_p99_ms: ms(lat.value_at_quantile(0.99)),
         state_at_max_ms: ms(lat.max()),
+        state_at_sql_p50_ms: ms(core.value_at_quantile(0.5)),
+        state_at_sql_p99_ms: ms(core.value_at_quantile(0.99)),
         filtered_query: filtered,
         filtered_ms,
         filtered_rows_returned: filtered_rows,
@@ -239,10 +267,22 @@ async fn rows_read(client: &Client, sql: &str) -> Result<u64> {
     bail!("EXPLAIN ANALYZE did not report rows_read for the events scan")
 }
 
+/// DataFusion prints counts rounded with a unit (`rows_read=100.9 K`), so
+/// the figure is approximate above a thousand.
 fn parse_rows_read(plan: &str) -> Option<u64> {
     let at = plan.find("rows_read=")? + "rows_read=".len();
-    let digits: String = plan[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
+    let rest = &plan[at..];
+    let number: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let value: f64 = number.parse().ok()?;
+    let unit = rest[number.len()..].trim_start().chars().next();
+    let scale = match unit {
+        Some('K') => 1e3,
+        Some('M') => 1e6,
+        Some('B') => 1e9,
+        Some('T') => 1e12,
+        _ => 1.0,
+    };
+    Some((value * scale).round() as u64)
 }
 
 #[cfg(test)]
@@ -266,9 +306,25 @@ mod tests {
     }
 
     #[test]
+    fn the_mix_reports_for_the_nodes_it_registered() {
+        let registered = sim_node("hist", 7, 8);
+        match command_for(7 + 10 * 2, 10) {
+            Command::ObserveGpuMetrics(m) => {
+                assert_eq!(m.node, registered.node);
+                let uuids: Vec<&str> = registered.gpus.iter().map(|g| g.uuid.as_str()).collect();
+                assert!(m.samples.iter().all(|s| uuids.contains(&s.gpu_uuid.as_str())), "{:?}", m.samples);
+            }
+            other => panic!("expected metrics, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn rows_read_comes_from_the_scan_metrics() {
         let plan = "LogScanExec: table=events, metrics=[output_rows=12, rows_read=340, elapsed_compute=1ms]";
         assert_eq!(parse_rows_read(plan), Some(340));
+        let plan = "LogScanExec: metrics=[output_rows=1.00 K, output_batches=7, rows_read=100.9 K]";
+        assert_eq!(parse_rows_read(plan), Some(100_900));
+        assert_eq!(parse_rows_read("x rows_read=2.5 M, y"), Some(2_500_000));
         assert_eq!(parse_rows_read("ProjectionExec: metrics=[output_rows=1]"), None);
     }
 }

@@ -383,6 +383,10 @@ async fn a_lost_node_opens_an_incident_that_is_remembered_next_time() -> Result<
     node.spawn()?;
     wait_registered(&addr, &node).await?;
 
+    // No NVIDIA driver here: top lists the node and says it has no GPUs.
+    let top = ctl_ok(&addr, &["top", "nodes"]).await?;
+    ensure!(top.contains("flaky-a") && top.contains("no node reports any GPU"), "{top}");
+
     node.kill();
     let first = wait_node_lost(&addr, "flaky-a").await?;
     let out = ctl_ok(
