@@ -676,9 +676,13 @@ pub fn evolve(state: &mut DecisionState, seq: u64, time_ms: i64, event: &Event) 
             if let Some(n) = state.nodes.get_mut(node) {
                 n.last_heartbeat_ms = time_ms;
             }
+            // Only GPUs that ever reported uncorrected errors are kept (the
+            // common zero needs no entry and no allocation on the apply path).
             for s in samples {
-                let seen = state.gpu_ecc_seen.entry(s.gpu_uuid.clone()).or_default();
-                *seen = (*seen).max(s.ecc_uncorrected);
+                let seen = state.gpu_ecc_seen.get(&s.gpu_uuid).copied().unwrap_or(0);
+                if s.ecc_uncorrected > seen {
+                    state.gpu_ecc_seen.insert(s.gpu_uuid.clone(), s.ecc_uncorrected);
+                }
             }
         }
         Event::IncidentOpened { incident_id, incident_kind: kind, subject, .. } => {
