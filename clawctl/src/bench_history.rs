@@ -170,13 +170,17 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
     }
 
     // Past states at pseudo-random seqs (deterministic, so runs compare).
-    let mut lat = histogram();
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    for _ in 0..args.samples {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let seq = 1 + x % last;
+    let seqs: Vec<u64> = (0..args.samples)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            1 + x % last
+        })
+        .collect();
+    let mut lat = histogram();
+    for &seq in &seqs {
         let t = Instant::now();
         client.get_state(Some(Moment::Seq(seq))).await?;
         lat.record(t.elapsed().as_micros().max(1) as u64)?;
@@ -186,12 +190,7 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
     // rebuilding the state (checkpoint + replay) without shipping the whole
     // view as JSON, as GetState does.
     let mut core = histogram();
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    for _ in 0..args.samples {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let seq = 1 + x % last;
+    for &seq in &seqs {
         let t = Instant::now();
         client.query(&format!("SELECT count(*) FROM members_at({seq})")).await?;
         core.record(t.elapsed().as_micros().max(1) as u64)?;
