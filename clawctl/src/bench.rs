@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use claw_proto::etcd::kv_client::KvClient;
+use claw_proto::etcd::PutRequest;
 use claw_proto::v1::{self, submit_request::Command};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -51,6 +53,11 @@ pub struct AppendArgs {
     /// Load to apply before measuring, so connections and caches are warm.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// Measure an etcd v3 server instead (e.g. http://127.0.0.1:2379): the
+    /// same clients, each putting a key with the same payload, through
+    /// etcd's gRPC KV API. For side-by-side runs (bench/compare.sh).
+    #[arg(long)]
+    pub etcd: Option<String>,
 }
 
 /// `10s`, `500ms`, `2m`, `1h`, `1.5s`, or a bare number of seconds.
@@ -173,7 +180,17 @@ pub async fn run(target: &Target, format: Format, command: BenchCommand) -> Resu
     let channels = args.clients.div_ceil(CLIENTS_PER_CHANNEL);
     let mut clients = Vec::with_capacity(channels);
     for _ in 0..channels {
-        clients.push(target.client_on(target.channel().await?)?);
+        clients.push(match &args.etcd {
+            None => Writer::Claw(target.client_on(target.channel().await?)?),
+            Some(url) => Writer::Etcd(KvClient::new(
+                tonic::transport::Endpoint::from_shared(url.clone())
+                    .with_context(|| format!("--etcd {url:?} is not a URL like http://127.0.0.1:2379"))?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .with_context(|| format!("connecting to etcd at {url}"))?,
+            )),
+        });
     }
 
     let text = payload(args.payload_bytes);
@@ -183,7 +200,7 @@ pub async fn run(target: &Target, format: Format, command: BenchCommand) -> Resu
     let tasks: Vec<_> = (0..args.clients)
         .map(|i| {
             let client = clients[i / CLIENTS_PER_CHANNEL].clone();
-            tokio::spawn(client_loop(client, text.clone(), measure_from, deadline))
+            tokio::spawn(client_loop(client, i, text.clone(), measure_from, deadline))
         })
         .collect();
 
@@ -210,23 +227,58 @@ pub async fn run(target: &Target, format: Format, command: BenchCommand) -> Resu
     Ok(())
 }
 
-/// One client: a submit at a time, back to back, until the deadline. Only
-/// submits started inside the measured window are counted.
-async fn client_loop(client: Client, text: String, measure_from: Instant, deadline: Instant) -> ClientStats {
+/// Where the bench writes: clawd (an intent per write) or, for comparison,
+/// etcd (a put per write).
+#[derive(Clone)]
+enum Writer {
+    Claw(Client),
+    Etcd(KvClient<tonic::transport::Channel>),
+}
+
+impl Writer {
+    /// One durable write, acknowledged once committed.
+    async fn write(&self, client: usize, n: u64, text: &str) -> Result<(), tonic::Status> {
+        match self {
+            Writer::Claw(c) => {
+                let request = v1::SubmitRequest {
+                    command_id: new_command_id(),
+                    correlation_id: String::new(),
+                    command: Some(Command::StateIntent(v1::StateIntent { text: text.to_string() })),
+                };
+                // The retry loop is inside the measurement: a leader change
+                // costs the client the whole time until its command is acknowledged.
+                c.submit_raw(request).await.map(drop)
+            }
+            Writer::Etcd(kv) => {
+                let request = PutRequest {
+                    key: format!("bench/{client}/{n}").into_bytes(),
+                    value: text.as_bytes().to_vec(),
+                    ..PutRequest::default()
+                };
+                kv.clone().put(request).await.map(drop)
+            }
+        }
+    }
+}
+
+/// One client: a write at a time, back to back, until the deadline. Only
+/// writes started inside the measured window are counted.
+async fn client_loop(
+    writer: Writer,
+    client: usize,
+    text: String,
+    measure_from: Instant,
+    deadline: Instant,
+) -> ClientStats {
     let mut stats = ClientStats { latencies: histogram(), errors: 0, first_error: None };
+    let mut n = 0u64;
     loop {
         let started = Instant::now();
         if started >= deadline {
             return stats;
         }
-        let request = v1::SubmitRequest {
-            command_id: new_command_id(),
-            correlation_id: String::new(),
-            command: Some(Command::StateIntent(v1::StateIntent { text: text.clone() })),
-        };
-        // The retry loop is inside the measurement: a leader change costs
-        // the client the whole time until its command is acknowledged.
-        let result = tokio::time::timeout_at(deadline + GRACE, client.submit_raw(request)).await;
+        n += 1;
+        let result = tokio::time::timeout_at(deadline + GRACE, writer.write(client, n, &text)).await;
         let measured = started >= measure_from;
         match result {
             Ok(Ok(_)) if measured => {
@@ -334,7 +386,9 @@ mod tests {
         let client = fake.clone().serve().await.connect().await.unwrap();
         let start = Instant::now();
         let measure_from = start + Duration::from_millis(100);
-        let stats = client_loop(client, payload(64), measure_from, measure_from + Duration::from_millis(200)).await;
+        let stats =
+            client_loop(Writer::Claw(client), 0, payload(64), measure_from, measure_from + Duration::from_millis(200))
+                .await;
         assert!(start.elapsed() < Duration::from_secs(2));
         assert_eq!(stats.errors, 0);
         let committed = stats.latencies.len();

@@ -45,6 +45,22 @@ impl Default for HistoryOptions {
     }
 }
 
+/// The member's RocksDB database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageOptions {
+    /// Read every table file and check its block checksums at start-up, so a
+    /// damaged file stops the start with its name instead of failing a read
+    /// later. Costs one sequential read of the database per start.
+    pub verify_checksums_on_start: bool,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions { verify_checksums_on_start: true }
+    }
+}
+
 /// GPU metric rollups: raw samples stay in the log; per-GPU 1-minute and
 /// 1-hour summaries (min/avg/max/p95) are kept for these many hours/days.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +117,7 @@ pub struct Options {
     pub scheduler: SchedulerOptions,
     pub history: HistoryOptions,
     pub metrics: MetricsOptions,
+    pub storage: StorageOptions,
 }
 
 impl Default for Options {
@@ -116,6 +133,7 @@ impl Default for Options {
             scheduler: SchedulerOptions::default(),
             history: HistoryOptions::default(),
             metrics: MetricsOptions::default(),
+            storage: StorageOptions::default(),
         }
     }
 }
@@ -183,6 +201,7 @@ impl Options {
         env_parse(env, "CLAW_METRICS_ROLLUP_INTERVAL_MS", &mut o.metrics.rollup_interval_ms)?;
         env_parse(env, "CLAW_METRICS_RETENTION_1M_HOURS", &mut o.metrics.retention_1m_hours)?;
         env_parse(env, "CLAW_METRICS_RETENTION_1H_DAYS", &mut o.metrics.retention_1h_days)?;
+        env_parse(env, "CLAW_STORAGE_VERIFY_CHECKSUMS_ON_START", &mut o.storage.verify_checksums_on_start)?;
 
         if let Some(v) = flags.id {
             o.id = v;

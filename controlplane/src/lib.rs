@@ -12,10 +12,12 @@ mod error;
 mod forward;
 mod scheduler;
 mod server;
+mod telemetry;
 
 pub use api::{actor_from_request, ClawApi};
-pub use config::{Flags, HistoryOptions, LogFormatOptions, MetricsOptions, Options, RaftOptions};
+pub use config::{Flags, HistoryOptions, LogFormatOptions, MetricsOptions, Options, RaftOptions, StorageOptions};
 pub use error::{Error, Result};
 pub use forward::{ACTOR_KEY, LEADER_KEY};
 pub use scheduler::{plan_pass, Scheduler, SchedulerOptions};
 pub use server::Server;
+pub use telemetry::Telemetry;

@@ -15,7 +15,15 @@ async fn main() -> anyhow::Result<()> {
         builder.init();
     }
     let server = Server::start(opts).await?;
-    wait_for_signal().await;
+    let fatal = tokio::select! {
+        _ = wait_for_signal() => None,
+        e = server.fatal() => Some(e),
+    };
+    if let Some(e) = fatal {
+        tracing::error!(error = %e, "raft stopped on a fatal error; exiting so this member restarts from its durable state");
+        let _ = server.shutdown().await;
+        anyhow::bail!("raft stopped on a fatal error: {e}");
+    }
     tracing::info!("shutting down");
     server.shutdown().await?;
     Ok(())

@@ -8,9 +8,11 @@ use claw_log::{LogNode, LogOptions};
 use claw_proto::v1::claw_server::ClawServer;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::ClawApi;
+use crate::telemetry::{Telemetry, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::{Error, Options, Result};
 
 /// A running `clawd` member: the log, and one gRPC server carrying the
@@ -46,6 +48,7 @@ impl Server {
             snapshot_logs_since_last: opts.raft.snapshot_logs_since_last,
             max_in_snapshot_log_to_keep: opts.raft.max_in_snapshot_log_to_keep,
             checkpoint_every: opts.history.checkpoint_every,
+            verify_checksums_on_open: opts.storage.verify_checksums_on_start,
         };
         let node = LogNode::open(log_opts).await?;
         let analytics = Analytics::new(node.store.clone());
@@ -58,15 +61,29 @@ impl Server {
             .build_v1()
             .map_err(|e| Error::Server(format!("reflection: {e}")))?;
 
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(ClawServer::from_arc(api.clone()).max_decoding_message_size(64 << 20))
+        let telemetry = Telemetry::new(node.clone());
+        let routes = Routes::new(ClawServer::from_arc(api.clone()).max_decoding_message_size(64 << 20))
             .add_service(node.raft_service())
             // Arrow Flight SQL on the same port, for ADBC/JDBC clients.
             .add_service(analytics.flight_service())
             .add_service(health_service)
             .add_service(reflection);
+        // Prometheus scrapes `GET /metrics` on the same port, over HTTP/1.1.
+        let scrape = telemetry.clone();
+        let routes = Routes::from(routes.into_axum_router().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let body = scrape.render();
+                async move { ([(http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body) }
+            }),
+        ));
+
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .accept_http1(true)
+            .layer(telemetry.grpc_layer())
+            .add_routes(routes);
         // The builder's tcp_nodelay only covers listeners tonic binds itself;
         // without it, Nagle holds the trailers of every reply for a delayed ACK (~40 ms).
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -75,6 +92,7 @@ impl Server {
         }));
 
         let (stop_scheduler, scheduler_stopped) = watch::channel(false);
+        tokio::spawn(telemetry.watch_leader(scheduler_stopped.clone()));
         tokio::spawn(roll_up_metrics(node.store.clone(), opts.metrics.clone(), scheduler_stopped.clone()));
         let scheduler = tokio::spawn(opts.scheduler.clone().build(node.clone(), api.clone()).run(scheduler_stopped));
         if !opts.join {
@@ -83,6 +101,21 @@ impl Server {
         }
         tracing::info!(id = opts.id, listen = %addr, advertise = %advertise, data_dir = %opts.data_dir.display(), join = opts.join, "clawd started");
         Ok(Server { node, addr, stop: Some(stop_tx), serve, stop_scheduler, scheduler })
+    }
+
+    /// Resolves if raft stops on a fatal error (e.g. the disk failed a
+    /// write): the member can no longer take part, and should exit so its
+    /// supervisor restarts it from what is durable.
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.node.raft.metrics();
+        loop {
+            if let Err(e) = &metrics.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft stopped".to_string();
+            }
+        }
     }
 
     /// Stops serving and shuts the Raft node down.

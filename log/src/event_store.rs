@@ -1,4 +1,5 @@
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use claw_commands::{evolve, verify_chain, DecisionState, EventRecord};
@@ -11,7 +12,8 @@ use crate::checkpoint::{Checkpoint, CheckpointView};
 use crate::db::{decode_json, Db};
 use crate::keys::{decode_u64, show_key, u64_key, SmMetaKey, CF_EVENTS, CF_SM_META};
 use crate::log_stats::Counters;
-use crate::{Error, EventFilter, LogStats, Result};
+use crate::telemetry::{add_watcher, WatcherSlot};
+use crate::{Error, EventFilter, LogMetrics, LogStats, Result};
 
 /// How many matching records a watcher reads from RocksDB at a time.
 const WATCH_CHUNK: usize = 512;
@@ -296,6 +298,7 @@ impl EventStore {
             WatchPhase::Failed(Error::Compacted { requested: from, oldest })
         } else {
             WatchPhase::Running(Box::new(Watcher {
+                slot: add_watcher(&self.shared.counters, from - 1),
                 store: self.clone(),
                 rx: self.subscribe(),
                 next: from,
@@ -311,9 +314,12 @@ impl EventStore {
             };
             loop {
                 if let Some(rec) = w.buf.pop_front() {
+                    w.slot.position.store(rec.seq, Ordering::Relaxed);
                     return Some((Ok(rec), WatchPhase::Running(w)));
                 }
                 let last = *w.rx.borrow_and_update();
+                // Everything before `next` is delivered or filtered out.
+                w.slot.position.store(w.next - 1, Ordering::Relaxed);
                 if w.next <= last {
                     match w.store.scan_events(w.next, last, WATCH_CHUNK, &w.filter) {
                         Ok((recs, next)) => {
@@ -333,9 +339,16 @@ impl EventStore {
     pub fn stats(&self) -> LogStats {
         self.shared.counters.snapshot()
     }
+
+    /// The log's measurements, for the member's metrics endpoint.
+    pub fn metrics(&self) -> &LogMetrics {
+        &self.shared.counters.metrics
+    }
 }
 
 struct Watcher {
+    /// Where this watcher is, for the lag metric; dropped with the stream.
+    slot: WatcherSlot,
     store: EventStore,
     rx: watch::Receiver<u64>,
     next: u64,

@@ -24,6 +24,10 @@ pub struct LogOptions {
     /// the state at any past seq costs one checkpoint load plus at most this
     /// many events of replay. Smaller is faster to query and costlier to write.
     pub checkpoint_every: u64,
+    /// Read every table file and check its block checksums when opening, so
+    /// a damaged file stops the start with its name (costs one sequential
+    /// read of the database).
+    pub verify_checksums_on_open: bool,
 }
 
 impl Default for LogOptions {
@@ -38,6 +42,7 @@ impl Default for LogOptions {
             snapshot_logs_since_last: 20_000,
             max_in_snapshot_log_to_keep: 1_000,
             checkpoint_every: 10_000,
+            verify_checksums_on_open: true,
         }
     }
 }

@@ -2,6 +2,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::LogMetrics;
+
 /// Counters for benchmarks: events per fsync is `entries_synced / fsyncs`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogStats {
@@ -13,12 +15,14 @@ pub struct LogStats {
     pub applied_index: u64,
 }
 
-/// The live counters behind [`LogStats`], shared by the writer thread and the state machine.
-#[derive(Debug, Default)]
+/// The live counters behind [`LogStats`] and [`LogMetrics`], shared by the
+/// writer thread, the state machine and the event store.
+#[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) fsyncs: AtomicU64,
     pub(crate) entries_synced: AtomicU64,
     pub(crate) applied_index: AtomicU64,
+    pub(crate) metrics: LogMetrics,
 }
 
 impl Counters {

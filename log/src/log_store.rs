@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -21,6 +22,7 @@ pub(crate) struct LogStore {
     reader: LogReader,
     writer: LogWriter,
     next_op_id: u64,
+    counters: Arc<Counters>,
 }
 
 /// A cheap reader of the raft log, used by openraft's replication tasks.
@@ -33,8 +35,8 @@ pub(crate) struct LogReader {
 impl LogStore {
     pub(crate) fn open(db: Arc<Db>, counters: Arc<Counters>) -> Result<LogStore> {
         let pending = Pending::default();
-        let writer = LogWriter::start(db.clone(), pending.clone(), counters)?;
-        Ok(LogStore { reader: LogReader { db, pending }, writer, next_op_id: 0 })
+        let writer = LogWriter::start(db.clone(), pending.clone(), counters.clone())?;
+        Ok(LogStore { reader: LogReader { db, pending }, writer, next_op_id: 0, counters })
     }
 
     async fn submit_and_wait(&self, op: impl FnOnce(oneshot::Sender<Result<()>>) -> LogOp) -> Result<()> {
@@ -144,6 +146,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {
+        self.counters.metrics.committed_index.store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
         let value = encode_json("committed log id", &committed).map_err(Error::into_write)?;
         // Neither synced nor awaited: losing it only means re-applying from an
         // older point, and waiting would stall raft behind the pending fsync.

@@ -3,6 +3,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use openraft::storage::LogFlushed;
 use openraft::Entry;
@@ -150,10 +151,12 @@ fn write_ops(db: &Db, ops: &[LogOp], counters: &Counters) -> Result<()> {
             }
         }
     }
+    let started = Instant::now();
     db.write(batch, sync)?;
     if sync {
         counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         counters.entries_synced.fetch_add(entries, Ordering::Relaxed);
+        counters.metrics.observe_fsync(started.elapsed(), entries);
     }
     Ok(())
 }
@@ -165,7 +168,7 @@ mod tests {
     #[tokio::test]
     async fn requests_queued_during_a_sync_share_one_fsync() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::open(dir.path()).expect("open");
+        let db = Db::open(dir.path(), true).expect("open");
         let counters = Arc::new(Counters::default());
         let writer = LogWriter::start(db.clone(), Pending::default(), counters.clone()).expect("start");
         let mut waits = Vec::new();

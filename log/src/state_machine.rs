@@ -338,7 +338,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        self.apply_entries(entries).map_err(|e| StorageError::from(openraft::StorageIOError::write_state_machine(&e)))
+        let started = std::time::Instant::now();
+        let responses = self
+            .apply_entries(entries)
+            .map_err(|e| StorageError::from(openraft::StorageIOError::write_state_machine(&e)))?;
+        self.store.shared.counters.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -12,6 +12,12 @@ pub mod v1 {
     tonic::include_proto!("claw.v1");
 }
 
+/// etcd v3's KV client (Put only, `proto/etcd/rpc.proto`), for
+/// `clawctl bench append --etcd`.
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
 /// Generated code of `proto/raft.proto`.
 pub mod raft {
     tonic::include_proto!("claw.raft.v1");

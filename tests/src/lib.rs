@@ -6,6 +6,9 @@
 //! It is test-only code; nothing in the product depends on it.
 
 mod ctl;
+pub mod docker;
+pub mod faults;
+pub mod linearizability;
 
 pub use ctl::Ctl;
 
@@ -13,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use claw_commands::EventRecord;
 use claw_proto::v1::{self, claw_client::ClawClient};
 use tonic::transport::Channel;
@@ -80,6 +83,30 @@ impl Member {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit: a clean shutdown.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("the member is not running")?;
+        let sent = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
+        ensure!(sent.success(), "kill -TERM {} failed", c.id());
+        Ok(c.wait()?)
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut().context("the member is not running")?;
+        loop {
+            if let Some(status) = c.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("member {} still runs after {timeout:?}", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
