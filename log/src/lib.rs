@@ -31,6 +31,7 @@ mod rollup;
 mod snapshot_builder;
 mod snapshot_payload;
 mod state_machine;
+mod telemetry;
 mod type_config;
 
 pub use error::{Error, Result};
@@ -41,5 +42,6 @@ pub use log_options::LogOptions;
 pub use log_stats::LogStats;
 pub use proposer::ProposeError;
 pub use raft_rpc_service::RaftRpcService;
+pub use telemetry::LogMetrics;
 pub use rollup::{Resolution, RollupProgress, RollupRow, Stat};
 pub use type_config::{ApplyResponse, BatchResponse, ClawRaft, CommandBatch, TypeConfig};
