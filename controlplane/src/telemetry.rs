@@ -78,12 +78,18 @@ impl Telemetry {
         };
         let term = gauge(&mut registry, "claw_raft_term", "Current raft term");
         let is_leader = gauge(&mut registry, "claw_raft_is_leader", "1 if this member leads the cluster, else 0");
-        let last_log_index =
-            gauge(&mut registry, "claw_raft_last_log_index", "Last raft index in this member's log (appended, maybe not committed)");
+        let last_log_index = gauge(
+            &mut registry,
+            "claw_raft_last_log_index",
+            "Last raft index in this member's log (appended, maybe not committed)",
+        );
         let committed_index =
             gauge(&mut registry, "claw_raft_committed_index", "Highest raft index this member knows to be committed");
-        let applied_index =
-            gauge(&mut registry, "claw_raft_applied_index", "Highest raft index applied to this member's state machine");
+        let applied_index = gauge(
+            &mut registry,
+            "claw_raft_applied_index",
+            "Highest raft index applied to this member's state machine",
+        );
         let last_seq = gauge(&mut registry, "claw_events_last_seq", "Seq of the last event stored on this member");
         let watch_subscribers = gauge(&mut registry, "claw_watch_subscribers", "Open Watch streams on this member");
         let watch_lag_max = gauge(
@@ -213,12 +219,7 @@ where
                 // Errors come back as "trailers only": the status is in the headers.
                 // A success's status is in the trailers, after the body: 0.
                 Ok(resp) if resp.status() == http::StatusCode::NOT_FOUND => "not_found".to_string(),
-                Ok(resp) => resp
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("0")
-                    .to_string(),
+                Ok(resp) => resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string(),
                 Err(_) => "transport_error".to_string(),
             };
             let method = if code == UNIMPLEMENTED || code == "not_found" { "unknown".to_string() } else { method };

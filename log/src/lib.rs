@@ -42,6 +42,6 @@ pub use log_options::LogOptions;
 pub use log_stats::LogStats;
 pub use proposer::ProposeError;
 pub use raft_rpc_service::RaftRpcService;
-pub use telemetry::LogMetrics;
 pub use rollup::{Resolution, RollupProgress, RollupRow, Stat};
+pub use telemetry::LogMetrics;
 pub use type_config::{ApplyResponse, BatchResponse, ClawRaft, CommandBatch, TypeConfig};

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use claw_commands::CommandEnvelope;
@@ -36,12 +37,21 @@ pub struct LogNode {
 
 /// Opens the RocksDB database at `dir` and builds the log store, the state
 /// machine and the event store over it.
-pub(crate) fn open_storage(opts: &LogOptions) -> Result<(LogStore, StateMachine, EventStore)> {
-    let (dir, checkpoint_every) = (opts.data_dir.as_path(), opts.checkpoint_every);
+#[cfg(test)]
+pub(crate) fn open_storage(dir: &Path, checkpoint_every: u64) -> Result<(LogStore, StateMachine, EventStore)> {
+    open_storage_with(dir, checkpoint_every, true)
+}
+
+/// [`open_storage`] with the choice of verifying every table file's checksums.
+pub(crate) fn open_storage_with(
+    dir: &Path,
+    checkpoint_every: u64,
+    verify_checksums: bool,
+) -> Result<(LogStore, StateMachine, EventStore)> {
     if checkpoint_every == 0 {
         return Err(Error::Storage("checkpoint_every must be at least 1".to_string()));
     }
-    let db = Db::open(dir, opts.verify_checksums_on_open)?;
+    let db = Db::open(dir, verify_checksums)?;
     let counters = Arc::new(Counters::default());
     let store = EventStore::load(db.clone(), counters.clone(), checkpoint_every)?;
     let log = LogStore::open(db, counters)?;
@@ -53,7 +63,7 @@ impl LogNode {
     /// gRPC network. The member does nothing until it is initialized or added
     /// to a cluster.
     pub async fn open(opts: LogOptions) -> Result<LogNode> {
-        let (log, sm, store) = open_storage(&opts)?;
+        let (log, sm, store) = open_storage_with(&opts.data_dir, opts.checkpoint_every, opts.verify_checksums_on_open)?;
         let config = Config {
             cluster_name: "clawbernetes".to_string(),
             heartbeat_interval: opts.heartbeat_ms,

@@ -23,12 +23,7 @@ pub const PORT: u16 = 7400;
 /// Runs `docker args...`; stdout on success, or an error with stderr.
 pub fn docker(args: &[&str]) -> Result<String> {
     let out = Command::new("docker").args(args).output().context("running docker (is the engine installed?)")?;
-    ensure!(
-        out.status.success(),
-        "docker {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    ensure!(out.status.success(), "docker {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 

@@ -186,7 +186,8 @@ async fn read_ids(conns: &mut HashMap<String, ClawClient<Channel>>, addr: &str) 
 /// the last seq that page reported (events never change once stored).
 pub async fn read_intents(cl: &mut ClawClient<Channel>) -> Result<Vec<u64>> {
     const LIMIT: u32 = 10_000;
-    let filter = || Some(v1::EventFilter { kinds: vec!["IntentStated".into()], node: String::new(), workload: String::new() });
+    let filter =
+        || Some(v1::EventFilter { kinds: vec!["IntentStated".into()], node: String::new(), workload: String::new() });
     let first = cl
         .list_events(v1::ListEventsRequest {
             from_seq: 1,
@@ -239,7 +240,9 @@ pub async fn time_to_write(c: &DockerCluster, bound: Duration) -> Result<Duratio
         let id = format!("liveness-{}-{n}", std::process::id());
         async move {
             for (_, addr) in addrs {
-                let Ok(Ok(mut cl)) = tokio::time::timeout(Duration::from_secs(1), connect(&addr)).await else { continue };
+                let Ok(Ok(mut cl)) = tokio::time::timeout(Duration::from_secs(1), connect(&addr)).await else {
+                    continue;
+                };
                 let call = cl.submit(intent("liveness probe", &id));
                 if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), call).await {
                     return Some(());
@@ -305,7 +308,12 @@ async fn verify_inner(c: &DockerCluster, load: Load) -> std::result::Result<(Str
             Some(r) => {
                 let at = r.iter().zip(&events).position(|(a, b)| a != b).unwrap_or(r.len().min(events.len()));
                 return Err(fail(
-                    anyhow::anyhow!("member {} disagrees with member 1 from position {at} ({} vs {} events)", m.id, events.len(), r.len()),
+                    anyhow::anyhow!(
+                        "member {} disagrees with member 1 from position {at} ({} vs {} events)",
+                        m.id,
+                        events.len(),
+                        r.len()
+                    ),
                     &ops,
                 ));
             }
@@ -316,8 +324,7 @@ async fn verify_inner(c: &DockerCluster, load: Load) -> std::result::Result<(Str
             .await
             .map_err(|e| fail(e.into(), &ops))?
             .into_inner();
-        let view: serde_json::Value =
-            serde_json::from_str(&state.view_json).map_err(|e| fail(e.into(), &ops))?;
+        let view: serde_json::Value = serde_json::from_str(&state.view_json).map_err(|e| fail(e.into(), &ops))?;
         match &reference_view {
             None => reference_view = Some(view),
             Some(v) if *v == view => {}
@@ -346,7 +353,10 @@ async fn verify_inner(c: &DockerCluster, load: Load) -> std::result::Result<(Str
     }
     let lost: Vec<u64> = acked.iter().filter(|id| !counts.contains_key(id)).copied().collect();
     if !lost.is_empty() {
-        return Err(fail(anyhow::anyhow!("{} acknowledged appends are missing: {:?}", lost.len(), &lost[..lost.len().min(20)]), &ops));
+        return Err(fail(
+            anyhow::anyhow!("{} acknowledged appends are missing: {:?}", lost.len(), &lost[..lost.len().min(20)]),
+            &ops,
+        ));
     }
 
     // Linearizability of everything the clients saw.

@@ -30,7 +30,11 @@ fn scrape(addr: &str) -> Result<(String, String, String)> {
         .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.trim()))
         .unwrap_or_default()
         .to_string();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body)? } else { body.to_string() };
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
     Ok((status, content_type, body))
 }
 
@@ -90,10 +94,7 @@ async fn every_member_serves_prometheus_metrics_that_parse() -> Result<()> {
     let leader_addr = c.members[(leader - 1) as usize].addr.clone();
     let mut cl = c.members[(leader - 1) as usize].client().await?;
     // A watcher that has seen nothing yet stays open during the scrape.
-    let mut watch = cl
-        .watch(v1::WatchRequest { from_seq: 1, filter: None })
-        .await?
-        .into_inner();
+    let mut watch = cl.watch(v1::WatchRequest { from_seq: 1, filter: None }).await?.into_inner();
     let first = watch.next().await.context("the watch ended")??;
     ensure!(first.event.is_some(), "the watch sent no event");
     for i in 0..20 {
@@ -105,7 +106,11 @@ async fn every_member_serves_prometheus_metrics_that_parse() -> Result<()> {
     for m in &c.members {
         let (status, content_type, body) = scrape(&m.addr)?;
         ensure!(status.contains("200"), "member {}: {status}", m.id);
-        ensure!(content_type.starts_with("application/openmetrics-text"), "member {}: content type {content_type}", m.id);
+        ensure!(
+            content_type.starts_with("application/openmetrics-text"),
+            "member {}: content type {content_type}",
+            m.id
+        );
         let s = parse(&body)?;
         leaders += get(&s, "claw_raft_is_leader")?;
         ensure!(get(&s, "claw_raft_term")? >= 1.0);
@@ -113,7 +118,11 @@ async fn every_member_serves_prometheus_metrics_that_parse() -> Result<()> {
         let applied = get(&s, "claw_raft_applied_index")?;
         let committed = get(&s, "claw_raft_committed_index")?;
         let last_log = get(&s, "claw_raft_last_log_index")?;
-        ensure!(applied > 0.0 && committed >= applied && last_log >= committed, "member {}: applied {applied}, committed {committed}, last log {last_log}", m.id);
+        ensure!(
+            applied > 0.0 && committed >= applied && last_log >= committed,
+            "member {}: applied {applied}, committed {committed}, last log {last_log}",
+            m.id
+        );
         // Every member fsyncs its own log: entries per fsync counts them.
         let fsyncs = get(&s, "claw_fsync_seconds_count")?;
         ensure!(fsyncs >= 1.0, "member {}: no fsync measured", m.id);
