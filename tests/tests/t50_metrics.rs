@@ -134,9 +134,10 @@ async fn every_member_serves_prometheus_metrics_that_parse() -> Result<()> {
             let submits = get(&s, r#"claw_grpc_request_seconds_count{code="0",method="/claw.v1.Claw/Submit"}"#)?;
             ensure!(submits >= 20.0, "20 Submit calls, the exposition counted {submits}");
             ensure!(get(&s, "claw_watch_subscribers")? == 1.0, "one watcher is open");
-            // It read one event of the history and is behind by the rest.
+            // The server sends ahead of what the client has read (into the
+            // transport's buffers), so the lag is at most the whole history.
             let lag = get(&s, "claw_watch_lag_events_max")?;
-            ensure!(lag >= 1.0 && lag <= last_seq as f64, "watch lag {lag} of {last_seq} events");
+            ensure!(lag <= last_seq as f64, "watch lag {lag} of {last_seq} events");
         }
     }
     ensure!(leaders == 1.0, "exactly one member reports itself leader, got {leaders}");
