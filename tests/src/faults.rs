@@ -125,7 +125,7 @@ async fn run_client(
         }
         let addr = targets[(rng.next() % targets.len() as u64) as usize].clone();
         n += 1;
-        let append = rng.next() % 4 != 0;
+        let append = !rng.next().is_multiple_of(4);
         let invoke = nanos_since(start);
         if append {
             let id = client * 1_000_000 + n;
