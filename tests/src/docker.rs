@@ -215,23 +215,18 @@ impl DockerCluster {
 
     /// A member that reports itself leader, among those the host reaches.
     pub async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
-        wait_for("a leader", timeout, || async {
-            for m in &self.members {
-                if let Ok(s) = self.status(m.id).await {
-                    if s.leader_id != 0 && s.leader_id == s.member_id {
-                        return Some(s.member_id);
-                    }
-                }
-            }
-            None
-        })
-        .await
+        self.wait_leader_other_than(None, timeout).await
     }
 
     /// Waits until a leader other than `old` is elected among the others.
     pub async fn wait_new_leader(&self, old: u64, timeout: Duration) -> Result<u64> {
-        wait_for("a new leader", timeout, || async {
-            for m in self.members.iter().filter(|m| m.id != old) {
+        self.wait_leader_other_than(Some(old), timeout).await
+    }
+
+    async fn wait_leader_other_than(&self, old: Option<u64>, timeout: Duration) -> Result<u64> {
+        let what = if old.is_some() { "a new leader" } else { "a leader" };
+        wait_for(what, timeout, || async {
+            for m in self.members.iter().filter(|m| Some(m.id) != old) {
                 if let Ok(s) = self.status(m.id).await {
                     if s.leader_id != 0 && s.leader_id == s.member_id {
                         return Some(s.member_id);

@@ -91,11 +91,11 @@ impl Load {
     }
 }
 
-/// A small deterministic generator: the schedule differs per client, not per run.
-struct XorShift(u64);
+/// A small deterministic generator (xorshift64); seed it non-zero.
+pub struct XorShift(pub u64);
 
 impl XorShift {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -114,6 +114,7 @@ async fn run_client(
     addrs: Arc<RwLock<Vec<String>>>,
     stopped: watch::Receiver<bool>,
 ) {
+    // The schedule differs per client, not per run.
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ client.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let mut conns: HashMap<String, ClawClient<Channel>> = HashMap::new();
     let mut n = 0u64;
@@ -123,9 +124,9 @@ async fn run_client(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        let addr = targets[(rng.next() % targets.len() as u64) as usize].clone();
+        let addr = targets[(rng.next_u64() % targets.len() as u64) as usize].clone();
         n += 1;
-        let append = !rng.next().is_multiple_of(4);
+        let append = !rng.next_u64().is_multiple_of(4);
         let invoke = nanos_since(start);
         if append {
             let id = client * 1_000_000 + n;
@@ -156,7 +157,7 @@ async fn run_client(
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(5 + rng.next() % 20)).await;
+        tokio::time::sleep(Duration::from_millis(5 + rng.next_u64() % 20)).await;
     }
 }
 

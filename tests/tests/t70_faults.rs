@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use claw_tests::docker::{require_docker, DockerCluster};
-use claw_tests::faults::{verify, Load};
+use claw_tests::faults::{verify, Load, XorShift};
 
 const T: Duration = Duration::from_secs(30);
 const CLIENTS: u64 = 6;
@@ -193,13 +193,8 @@ async fn mixed_faults() -> Result<()> {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
     });
     println!("mixed faults: CLAW_FAULT_SEED={seed}, {secs} s");
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = XorShift(seed | 1);
+    let mut next = move || rng.next_u64();
     let c = DockerCluster::start(3, None).await?;
     let load = Load::start(&c, CLIENTS);
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
