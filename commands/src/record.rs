@@ -84,7 +84,7 @@ impl EventRecord {
 pub enum ChainError {
     #[error("event seq {seq}: expected seq {expected} (the history has a gap or a duplicate)")]
     Gap { seq: u64, expected: u64 },
-    #[error("event seq {seq}: prev_hash does not match the hash of seq {}", seq - 1)]
+    #[error("event seq {seq}: prev_hash does not match the hash of seq {}", seq.saturating_sub(1))]
     Broken { seq: u64 },
     #[error("event seq {seq}: stored hash does not match its contents (tampered or corrupted)")]
     Tampered { seq: u64 },
@@ -118,4 +118,38 @@ pub fn verify_chain<'a>(prev: &str, records: impl IntoIterator<Item = &'a EventR
 pub fn derive_id(prefix: &str, command_id: &str) -> String {
     let digest = Sha256::digest(command_id.as_bytes());
     format!("{prefix}-{}", &hex::encode(digest)[..10])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Actor, Event, GpuSample};
+
+    #[test]
+    fn every_float_reads_back_bit_for_bit_so_stored_hashes_verify() {
+        // Values whose shortest decimal form has 17 significant digits are the
+        // ones a fast, inexact float parser gets wrong by one ulp.
+        let values = [0.1 + 0.2, 1.0 / 3.0, 2.0f64.sqrt(), 5e-324, 1.7976931348623157e308, 123.45678901234567];
+        let mut prev = GENESIS_HASH.to_string();
+        let mut records = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let sample = GpuSample { gpu_uuid: "GPU-1".into(), power_w: *v, temperature_c: -v, ..Default::default() };
+            let event = Event::GpuMetricsObserved { node: "n1".into(), samples: vec![sample] };
+            let r = EventRecord::seal(i as u64 + 1, 1, 0, Actor::user("ada"), String::new(), String::new(), event, prev);
+            prev = r.hash.clone();
+            records.push(r);
+        }
+        let stored: Vec<EventRecord> =
+            records.iter().map(|r| serde_json::from_slice(&serde_json::to_vec(r).unwrap()).unwrap()).collect();
+        assert_eq!(stored, records);
+        assert_eq!(verify_chain(GENESIS_HASH, &stored), Ok(prev));
+    }
+
+    #[test]
+    fn a_broken_first_record_is_reported_without_overflow() {
+        let r = EventRecord::seal(0, 1, 0, Actor::user("ada"), String::new(), String::new(), Event::NodeHeartbeat { node: "n".into() }, "x".into());
+        let err = verify_chain(GENESIS_HASH, [&r]).unwrap_err();
+        assert_eq!(err, ChainError::Broken { seq: 0 });
+        assert_eq!(err.to_string(), "event seq 0: prev_hash does not match the hash of seq 0");
+    }
 }

@@ -251,7 +251,18 @@ impl StateMachine {
                 batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(rec.seq).encode(), encode_json("checkpoint", &periodic)?);
             }
         }
-        batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(cp.last_seq).encode(), encode_json("checkpoint", cp)?);
+        // The state is the fold of the (hash-verified) events; the sender's
+        // checkpoint is not trusted for it. A disagreement means the sender
+        // runs other rules or its checkpoint was damaged: say so.
+        if decision != cp.decision || view != cp.view {
+            tracing::warn!(
+                snapshot = %meta.snapshot_id,
+                last_seq = cp.last_seq,
+                "the snapshot's checkpoint state differs from the fold of its events; installing the fold"
+            );
+        }
+        let checkpoint = Checkpoint { last_seq: cp.last_seq, last_hash: cp.last_hash.clone(), decision, view };
+        batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(cp.last_seq).encode(), encode_json("checkpoint", &checkpoint)?);
         match &meta.last_log_id {
             Some(l) => batch.put_cf(&sm_cf, SmMetaKey::LastApplied.encode(), encode_json("last applied log id", l)?),
             None => batch.delete_cf(&sm_cf, SmMetaKey::LastApplied.encode()),
@@ -261,7 +272,6 @@ impl StateMachine {
         batch.put_cf(&sm_cf, SmMetaKey::Snapshot.encode(), encode_json("snapshot record", &record)?);
         db.write(batch, true)?;
 
-        let SnapshotPayload { checkpoint, .. } = payload;
         {
             let mut live = self.store.write_live();
             live.last_seq = checkpoint.last_seq;

@@ -145,10 +145,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{text:?} is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?} is not a valid duration (negative or too large)"))
 }
 
 /// The inverse of [`parse_duration`], for config files.
@@ -312,6 +309,9 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("soon").is_err());
+        // Huge values are an error, not a panic.
+        assert!(parse_duration(&"9".repeat(400)).unwrap_err().contains("not a valid duration"));
+        assert!(parse_duration("99999999999999999999999h").unwrap_err().contains("not a valid duration"));
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(10)), "10s");
     }

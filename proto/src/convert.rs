@@ -130,6 +130,17 @@ impl From<GpuHealthResult> for v1::GpuHealthResult {
     }
 }
 
+/// The log stores events as JSON, which has no NaN or infinity: such a value
+/// would be written as `null` and could never be read back. Rejected here, at
+/// the edge, naming the field and the list position.
+fn finite(field: &'static str, index: usize, v: f64) -> Result<()> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(ConversionError::Invalid { field, reason: format!("item {index} is {v}; only finite numbers are accepted") })
+    }
+}
+
 /// Turns the `command` of a `SubmitRequest` into a domain command. Ids the
 /// client left empty (workload id, proposal id) stay empty here; the API
 /// layer fills them before proposing. `basis_seq` 0 is likewise resolved
@@ -190,6 +201,11 @@ pub fn command_from_pb(cmd: Option<submit_request::Command>) -> Result<Command> 
         },
         C::Heartbeat(h) => Command::Heartbeat { node: h.node },
         C::ObserveGpuMetrics(m) => {
+            for (i, g) in m.samples.iter().enumerate() {
+                finite("observe_gpu_metrics.samples.utilization_pct", i, g.utilization_pct)?;
+                finite("observe_gpu_metrics.samples.temperature_c", i, g.temperature_c)?;
+                finite("observe_gpu_metrics.samples.power_w", i, g.power_w)?;
+            }
             Command::ObserveGpuMetrics { node: m.node, samples: m.samples.into_iter().map(Into::into).collect() }
         }
         C::ReportWorkloadStarted(s) => Command::ReportWorkloadStarted { workload_id: s.workload_id, node: s.node },
@@ -214,6 +230,13 @@ pub fn command_from_pb(cmd: Option<submit_request::Command>) -> Result<Command> 
             }
             if r.check_id.is_empty() {
                 return Err(ConversionError::Missing("report_health_check.check_id"));
+            }
+            for (i, h) in r.results.iter().enumerate() {
+                finite("report_health_check.results.gflops", i, h.gflops)?;
+                finite("report_health_check.results.checksum", i, h.checksum)?;
+                finite("report_health_check.results.reference_checksum", i, h.reference_checksum)?;
+                finite("report_health_check.results.max_abs_error", i, h.max_abs_error)?;
+                finite("report_health_check.results.elapsed_ms", i, h.elapsed_ms)?;
             }
             Command::ReportHealthCheck {
                 node: r.node,
@@ -257,6 +280,32 @@ mod tests {
         assert_eq!(command_from_pb(None).unwrap_err().to_string(), "missing field command");
         let c = submit_request::Command::SubmitWorkload(v1::SubmitWorkload { spec: None, workload_id: String::new() });
         assert_eq!(command_from_pb(Some(c)).unwrap_err().to_string(), "missing field submit_workload.spec");
+    }
+
+    #[test]
+    fn non_finite_measurements_are_rejected_naming_the_field() {
+        let sample = |power_w| v1::GpuSample { gpu_uuid: "GPU-1".into(), power_w, ..Default::default() };
+        let c = submit_request::Command::ObserveGpuMetrics(v1::ObserveGpuMetrics {
+            node: "n".into(),
+            samples: vec![sample(300.0), sample(f64::NAN)],
+        });
+        assert_eq!(
+            command_from_pb(Some(c)).unwrap_err().to_string(),
+            "invalid field observe_gpu_metrics.samples.power_w: item 1 is NaN; only finite numbers are accepted"
+        );
+        let c = submit_request::Command::ReportHealthCheck(v1::ReportHealthCheck {
+            node: "n".into(),
+            check_id: "c".into(),
+            results: vec![v1::GpuHealthResult { checksum: f64::INFINITY, ..Default::default() }],
+            error: String::new(),
+        });
+        let err = command_from_pb(Some(c)).unwrap_err().to_string();
+        assert!(err.contains("report_health_check.results.checksum") && err.contains("inf"), "{err}");
+        let c = submit_request::Command::ObserveGpuMetrics(v1::ObserveGpuMetrics {
+            node: "n".into(),
+            samples: vec![sample(f64::MAX)],
+        });
+        assert!(command_from_pb(Some(c)).is_ok());
     }
 
     #[test]

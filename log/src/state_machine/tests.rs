@@ -334,6 +334,35 @@ async fn snapshot_carries_the_full_history() {
 }
 
 #[tokio::test]
+async fn installing_a_snapshot_takes_the_state_from_its_events_not_its_checkpoint() {
+    let dir_l = tempfile::tempdir().expect("tempdir");
+    let dir_f = tempfile::tempdir().expect("tempdir");
+    let (_log_l, mut sm_l, store_l) = open_storage(dir_l.path(), CHECKPOINT_EVERY).expect("open leader");
+    let (_log_f, mut sm_f, store_f) = open_storage(dir_f.path(), CHECKPOINT_EVERY).expect("open follower");
+    apply_generated(&mut sm_l, &store_l, 200).await;
+    sm_l.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let current = sm_l.get_current_snapshot().await.expect("current").expect("a snapshot");
+
+    // A sender whose checkpoint says the cluster is empty, while its
+    // (hash-chained) events say otherwise.
+    let mut payload: crate::snapshot_payload::SnapshotPayload =
+        serde_json::from_slice(current.snapshot.get_ref()).expect("payload");
+    assert_ne!(payload.checkpoint.view, ClusterView::default(), "the history has some state to lose");
+    payload.checkpoint.decision = DecisionState::default();
+    payload.checkpoint.view = ClusterView::default();
+    let data = serde_json::to_vec(&payload).expect("encode");
+    sm_f.install_snapshot(&current.meta, Box::new(std::io::Cursor::new(data))).await.expect("install");
+
+    assert_eq!(store_f.view(), store_l.view());
+    assert_eq!(store_f.decision(), store_l.decision());
+    // And the checkpoint it stored is the fold too: a restart keeps it.
+    drop((_log_f, sm_f, store_f));
+    let (_log_f, _sm_f, store_f) = open_storage(dir_f.path(), CHECKPOINT_EVERY).expect("reopen follower");
+    assert_eq!(store_f.view(), store_l.view());
+    assert_eq!(store_f.decision(), store_l.decision());
+}
+
+#[tokio::test]
 async fn watch_streams_backlog_then_live_tail_without_gaps() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_log, mut sm, store) = open_storage(dir.path(), CHECKPOINT_EVERY).expect("open");
