@@ -6,12 +6,10 @@
 //! the recorded history and the member logs.
 //!
 //! The scenarios run one at a time (2 cores cannot host several clusters
-//! fairly). `CLAW_FAULT_SOAK_SECS=600 cargo test -p claw-tests --test
-//! t70_faults mixed` soaks the mixed scenario longer; `CLAW_FAULT_SEED`
-//! replays a mixed schedule.
-//!
-//! These tests are ignored until they have been seen to pass here: run
-//! `cargo test --workspace --test t70_faults -- --ignored --nocapture`.
+//! fairly); all seven take about two minutes. `CLAW_FAULT_SOAK_SECS=600
+//! cargo test --workspace --test t70_faults -- --nocapture mixed` soaks the
+//! mixed scenario longer; `CLAW_FAULT_SEED` replays a mixed schedule.
+//! They need a running Docker engine and root (the small disk is a tmpfs).
 //!
 //! Not covered: a member cut off in one direction only. Docker's network
 //! commands cut both directions; one-way cuts need iptables inside the
@@ -37,7 +35,6 @@ fn follower_of(c: &DockerCluster, leader: u64) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet run green: run with --ignored (see the issue 5 note)"]
 async fn leader_cut_off_then_healed() -> Result<()> {
     let _serial = SERIAL.lock().await;
     require_docker()?;
@@ -58,7 +55,6 @@ async fn leader_cut_off_then_healed() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet run green: run with --ignored (see the issue 5 note)"]
 async fn follower_cut_off_then_healed() -> Result<()> {
     let _serial = SERIAL.lock().await;
     require_docker()?;
@@ -78,7 +74,6 @@ async fn follower_cut_off_then_healed() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet run green: run with --ignored (see the issue 5 note)"]
 async fn leader_then_follower_killed_under_load() -> Result<()> {
     let _serial = SERIAL.lock().await;
     require_docker()?;
@@ -105,7 +100,6 @@ async fn leader_then_follower_killed_under_load() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet run green: run with --ignored (see the issue 5 note)"]
 async fn all_members_killed_and_restarted_together() -> Result<()> {
     let _serial = SERIAL.lock().await;
     require_docker()?;
@@ -128,7 +122,6 @@ async fn all_members_killed_and_restarted_together() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet run green: run with --ignored (see the issue 5 note)"]
 async fn paused_leader_loses_leadership_then_resumes() -> Result<()> {
     let _serial = SERIAL.lock().await;
     require_docker()?;
@@ -152,7 +145,6 @@ async fn paused_leader_loses_leadership_then_resumes() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet run green: run with --ignored (see the issue 5 note)"]
 async fn a_members_disk_fills_then_is_freed() -> Result<()> {
     let _serial = SERIAL.lock().await;
     require_docker()?;
@@ -184,7 +176,6 @@ async fn a_members_disk_fills_then_is_freed() -> Result<()> {
 /// A random mix of the faults above, one after another, for
 /// `CLAW_FAULT_SOAK_SECS` (default 20 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet run green: run with --ignored (see the issue 5 note)"]
 async fn mixed_faults() -> Result<()> {
     let _serial = SERIAL.lock().await;
     require_docker()?;
