@@ -35,7 +35,11 @@ mkdir -p bench/results
 OUT="bench/results/compare-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD}" bench-compare.XXXX)
 pids=()
-stop_all() { for p in "${pids[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; pids=(); sleep 0.5; }
+stop_all() {
+  for p in "${pids[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${pids[@]:-}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
 cleanup() { stop_all; rm -rf "$WORK"; }
 trap cleanup EXIT
 
@@ -53,7 +57,9 @@ start_clawd() { # $1 = members
       >"$WORK/c$i.log" 2>&1 &
     pids+=($!)
   done
-  for _ in $(seq 1 100); do "$BIN/clawctl" --server "127.0.0.1:$((base + 1))" status >/dev/null 2>&1 && break; sleep 0.2; done
+  # Member 1 founds the cluster; wait until it has elected itself.
+  for _ in $(seq 1 150); do [ "$(metric "127.0.0.1:$((base + 1))" claw_raft_is_leader)" = 1 ] && break; sleep 0.2; done
+  [ "$(metric "127.0.0.1:$((base + 1))" claw_raft_is_leader)" = 1 ] || { echo "clawd did not elect a leader" >&2; cat "$WORK/c1.log" >&2; return 1; }
   for i in $(seq 2 "$n"); do
     "$BIN/clawctl" --server "127.0.0.1:$((base + 1))" member add --id "$i" --addr "127.0.0.1:$((base + i))" --voter >/dev/null
   done
@@ -109,10 +115,14 @@ PY
 # RocksDB alone, synced writes of 256-byte values at the same writer counts.
 for c in $CLIENTS; do
   rm -rf "$WORK/rdb"
-  ops=$("$DB_BENCH" --benchmarks=fillrandom --sync=1 --threads="$c" --value_size=256 --key_size=16 \
-    --duration="$DUR" --num=100000000 --db="$WORK/rdb" --disable_wal=0 --histogram=1 2>/dev/null |
-    awk '/^fillrandom/ { for (i = 1; i <= NF; i++) if ($(i+1) == "ops/sec;") print $i }')
-  record "{\"system\":\"db_bench\",\"threads\":$c,\"ops_per_s\":${ops:-0}}"
+  "$DB_BENCH" --benchmarks=fillrandom --sync=1 --threads="$c" --value_size=256 --key_size=16 \
+    --duration="$DUR" --num=100000000 --db="$WORK/rdb" --disable_wal=0 --histogram=1 >"$WORK/db_bench.txt" 2>/dev/null
+  # "fillrandom : 418.189 micros/op 2391 ops/sec ..." and "Percentiles: P50: 100.74 ... P99: 9783.21 ..." (µs)
+  ops=$(awk '/^fillrandom/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^ops\/sec;?$/) { print $i; exit } }' "$WORK/db_bench.txt")
+  p50=$(awk '/^Percentiles:/ { for (i = 1; i < NF; i++) if ($i == "P50:") { print $(i+1) / 1000; exit } }' "$WORK/db_bench.txt")
+  p99=$(awk '/^Percentiles:/ { for (i = 1; i < NF; i++) if ($i == "P99:") { print $(i+1) / 1000; exit } }' "$WORK/db_bench.txt")
+  [ -n "$ops" ] || { echo "could not read db_bench's output:" >&2; cat "$WORK/db_bench.txt" >&2; exit 1; }
+  record "{\"system\":\"db_bench\",\"threads\":$c,\"ops_per_s\":$ops,\"p50_ms\":${p50:-0},\"p99_ms\":${p99:-0}}"
 done
 
 python3 - "$OUT" <<'PY'
@@ -127,7 +137,7 @@ for r in rows:
               f"{b['p99_ms']:.2f} | {b['p999_ms']:.2f} | {r.get('events_per_fsync', '')} |")
 for r in rows:
     if r["system"] == "db_bench":
-        print(f"| db_bench sync=1 | - | {r['threads']} | {r['ops_per_s']:.0f} | | | | |")
+        print(f"| db_bench sync=1 | - | {r['threads']} | {r['ops_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | | |")
     if r["system"] == "fio":
         print(f"\nfio fdatasync (4 KiB writes): p50 {r['fdatasync_p50_ms']:.3f} ms, p99 {r['fdatasync_p99_ms']:.3f} ms, mean {r['fdatasync_mean_ms']:.3f} ms")
 PY
