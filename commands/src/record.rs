@@ -108,7 +108,8 @@ pub fn verify_chain<'a>(prev: &str, records: impl IntoIterator<Item = &'a EventR
             return Err(ChainError::Tampered { seq: r.seq });
         }
         prev = r.hash.clone();
-        expected = Some(r.seq + 1);
+        // Nothing follows u64::MAX: any later record is a gap (expected 0).
+        expected = Some(r.seq.checked_add(1).unwrap_or(0));
     }
     Ok(prev)
 }
@@ -135,7 +136,8 @@ mod tests {
         for (i, v) in values.iter().enumerate() {
             let sample = GpuSample { gpu_uuid: "GPU-1".into(), power_w: *v, temperature_c: -v, ..Default::default() };
             let event = Event::GpuMetricsObserved { node: "n1".into(), samples: vec![sample] };
-            let r = EventRecord::seal(i as u64 + 1, 1, 0, Actor::user("ada"), String::new(), String::new(), event, prev);
+            let r =
+                EventRecord::seal(i as u64 + 1, 1, 0, Actor::user("ada"), String::new(), String::new(), event, prev);
             prev = r.hash.clone();
             records.push(r);
         }
@@ -147,7 +149,16 @@ mod tests {
 
     #[test]
     fn a_broken_first_record_is_reported_without_overflow() {
-        let r = EventRecord::seal(0, 1, 0, Actor::user("ada"), String::new(), String::new(), Event::NodeHeartbeat { node: "n".into() }, "x".into());
+        let r = EventRecord::seal(
+            0,
+            1,
+            0,
+            Actor::user("ada"),
+            String::new(),
+            String::new(),
+            Event::NodeHeartbeat { node: "n".into() },
+            "x".into(),
+        );
         let err = verify_chain(GENESIS_HASH, [&r]).unwrap_err();
         assert_eq!(err, ChainError::Broken { seq: 0 });
         assert_eq!(err.to_string(), "event seq 0: prev_hash does not match the hash of seq 0");

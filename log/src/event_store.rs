@@ -55,7 +55,18 @@ impl EventStore {
             db.get_json(CF_SM_META, &SmMetaKey::Membership.encode())?.unwrap_or_default();
         let (_, end) = SmMetaKey::checkpoint_range();
         let checkpoint = match db.last_at_or_before(CF_SM_META, &end)? {
-            Some((k, v)) if SmMetaKey::checkpoint_seq(&k).is_some() => decode_json::<Checkpoint>(CF_SM_META, &k, &v)?,
+            Some((k, v)) if SmMetaKey::checkpoint_seq(&k).is_some() => {
+                let cp = decode_json::<Checkpoint>(CF_SM_META, &k, &v)?;
+                // The key says which seq the checkpoint is at; a damaged one
+                // must not send the replay elsewhere (or past u64::MAX).
+                if SmMetaKey::checkpoint_seq(&k) != Some(cp.last_seq) || cp.last_seq == u64::MAX {
+                    return Err(Error::decode(
+                        format!("record {CF_SM_META}/{}", show_key(&k)),
+                        format!("the checkpoint says seq {}, its key another", cp.last_seq),
+                    ));
+                }
+                cp
+            }
             _ => Checkpoint::default(),
         };
         let Checkpoint { mut last_seq, mut last_hash, mut decision, mut view } = checkpoint;
@@ -266,7 +277,7 @@ impl EventStore {
     /// Every stored record in `from..=to`, which must all be present.
     pub(crate) fn read_range(&self, from: u64, to: u64) -> Result<Vec<EventRecord>> {
         let (recs, _) = self.scan_events(from, to, usize::MAX, &EventFilter::default())?;
-        let expected = (to + 1).saturating_sub(from);
+        let expected = to.saturating_add(1).saturating_sub(from);
         if recs.len() as u64 != expected || recs.first().is_some_and(|r| r.seq != from) {
             return Err(Error::Storage(format!(
                 "events {from}..={to} are not all stored in {} (found {} of {expected})",

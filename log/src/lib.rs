@@ -34,6 +34,9 @@ mod state_machine;
 mod telemetry;
 mod type_config;
 
+#[cfg(test)]
+mod decode_tests;
+
 pub use error::{Error, Result};
 pub use event_filter::EventFilter;
 pub use event_store::EventStore;

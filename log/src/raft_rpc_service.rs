@@ -21,7 +21,7 @@ impl RaftRpcService {
     }
 }
 
-fn decode<T: DeserializeOwned>(payload: &RaftPayload, what: &str) -> Result<T, Status> {
+pub(crate) fn decode<T: DeserializeOwned>(payload: &RaftPayload, what: &str) -> Result<T, Status> {
     serde_json::from_slice(&payload.data)
         .map_err(|e| Status::invalid_argument(format!("RaftPayload.data is not a JSON {what}: {e}")))
 }

@@ -216,6 +216,34 @@ impl StateMachine {
             ));
         }
 
+        // Dedup rows are not covered by the hash chain: each must point at
+        // events of its own command inside this history, or a retry of that
+        // command would later fail (or stop) this member's apply.
+        for row in &payload.dedup {
+            let events = usize::try_from(row.first_seq.max(1) - 1)
+                .ok()
+                .zip(usize::try_from(row.last_seq).ok())
+                .and_then(|(from, to)| payload.events.get(from..to))
+                .filter(|evs| row.first_seq >= 1 && !evs.is_empty());
+            let ok = events.is_some_and(|evs| {
+                evs.iter().all(|r| r.command_id == row.command_id && r.raft_index == row.raft_index)
+            });
+            if !ok {
+                return Err(Error::decode(
+                    what,
+                    format!(
+                        "its dedup row for command {:?} names events {}..={} at raft index {}, which are not that \
+                         command's events in its history of {} events",
+                        row.command_id,
+                        row.first_seq,
+                        row.last_seq,
+                        row.raft_index,
+                        payload.events.len()
+                    ),
+                ));
+            }
+        }
+
         let db = self.store.db().clone();
         let events_cf = db.cf(CF_EVENTS)?;
         let dedup_cf = db.cf(CF_DEDUP)?;

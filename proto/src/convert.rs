@@ -137,7 +137,10 @@ fn finite(field: &'static str, index: usize, v: f64) -> Result<()> {
     if v.is_finite() {
         Ok(())
     } else {
-        Err(ConversionError::Invalid { field, reason: format!("item {index} is {v}; only finite numbers are accepted") })
+        Err(ConversionError::Invalid {
+            field,
+            reason: format!("item {index} is {v}; only finite numbers are accepted"),
+        })
     }
 }
 
