@@ -32,6 +32,10 @@ use claw_proto::v1::{self, submit_request};
 use crate::client::Target;
 use crate::output::{print_outcome, Format};
 
+// The same allocator as clawd; `clawctl bench` drives clawd and etcd alike.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "clawctl", version, about = "Operate a Clawbernetes GPU cluster")]
 struct Cli {

@@ -12,7 +12,7 @@ use claw_controlplane::{Flags, Options};
 use proptest::prelude::*;
 use proptest::sample::select;
 
-use self::mutate::{corpus, inputs, Seed};
+use self::mutate::{check_config_file, corpus, inputs, names_one_of, Seed};
 
 /// The settings `Options::validate` can complain about, as its messages
 /// name them.
@@ -62,10 +62,6 @@ fn seeds() -> Vec<Seed> {
     seeds
 }
 
-fn names_a_setting(inner: &str) -> bool {
-    SETTINGS.iter().any(|s| inner.starts_with(&format!("{s}:")))
-}
-
 fn no_env(_: &str) -> Option<String> {
     None
 }
@@ -77,17 +73,10 @@ proptest! {
     #[test]
     fn config_files_never_panic_and_errors_name_the_file_or_setting(input in inputs(seeds())) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("clawd.toml");
-        std::fs::write(&path, &input.bytes).expect("write config");
-        let flags = Flags { config: Some(path.clone()), ..Default::default() };
-        if let Err(e) = Options::load(&flags, &no_env) {
-            let msg = e.to_string();
-            let inner = msg.strip_prefix("configuration: ").unwrap_or_else(|| panic!("{input:?}: not a configuration error: {msg}"));
-            match inner.split_once(&path.display().to_string()) {
-                Some((_, why)) => prop_assert!(why.trim_start_matches(':').trim().len() > 4, "{:?}: says too little: {}", input, msg),
-                None => prop_assert!(names_a_setting(inner), "{:?}: names neither the file nor a setting: {}", input, msg),
-            }
-        }
+        let r = check_config_file(&dir.path().join("clawd.toml"), &input.bytes, SETTINGS, |path| {
+            Options::load(&Flags { config: Some(path), ..Default::default() }, &no_env).map(drop)
+        });
+        prop_assert!(r.is_ok(), "{:?}: {}", input, r.unwrap_err());
     }
 
     /// `CLAW_*` variables hold arbitrary text.
@@ -101,7 +90,7 @@ proptest! {
             let msg = e.to_string();
             let inner = msg.strip_prefix("configuration: ").unwrap_or_else(|| panic!("{key}={value:?}: not a configuration error: {msg}"));
             prop_assert!(
-                inner.starts_with(&format!("environment variable {key}=")) || names_a_setting(inner),
+                inner.starts_with(&format!("environment variable {key}=")) || names_one_of(inner, SETTINGS),
                 "{}={:?}: names neither the variable nor a setting: {}", key, value, msg
             );
         }

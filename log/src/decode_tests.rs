@@ -13,8 +13,8 @@ use std::io::Cursor;
 use std::path::Path;
 
 use claw_commands::{
-    evolve, verify_chain, Actor, Command, CommandEnvelope, DecisionState, EventRecord, GpuHealthResult, GpuInfo,
-    GpuSample, NodeCapabilities, ProposalAction, WorkloadSpec, GENESIS_HASH,
+    verify_chain, Actor, Command, CommandEnvelope, DecisionState, EventRecord, GpuHealthResult, GpuInfo, GpuSample,
+    NodeCapabilities, ProposalAction, WorkloadSpec, GENESIS_HASH,
 };
 use claw_projections::ClusterView;
 use claw_proto::raft::RaftPayload;
@@ -46,6 +46,7 @@ use crate::log_node::open_storage;
 use crate::log_store::LogStore;
 use crate::raft_rpc_service::decode;
 use crate::snapshot_payload::{SnapshotPayload, SnapshotRecord};
+use crate::state_machine::tests::fold;
 use crate::state_machine::StateMachine;
 use crate::{CommandBatch, Error, EventFilter, EventStore, RollupRow, TypeConfig};
 
@@ -292,16 +293,6 @@ fn garbage_snapshots_are_rejected_naming_the_snapshot_and_leave_the_store_intact
     if let Err(e) = result {
         panic!("{e}");
     }
-}
-
-fn fold(records: &[EventRecord]) -> (DecisionState, ClusterView) {
-    let mut d = DecisionState::default();
-    let mut v = ClusterView::default();
-    for r in records {
-        evolve(&mut d, r.seq, r.time_ms, &r.event);
-        v.apply(r);
-    }
-    (d, v)
 }
 
 // ---------------------------------------------------------------------------

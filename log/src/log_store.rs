@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use crate::db::{decode_json, encode_json, Db};
 use crate::keys::{decode_u64, show_key, u64_key, RaftMetaKey, CF_RAFT_LOG, CF_RAFT_META};
 use crate::log_stats::Counters;
-use crate::log_writer::{LogOp, LogWriter, Pending};
+use crate::log_writer::{Cached, LogOp, LogWriter, Pending};
 use crate::{Error, Result, TypeConfig};
 
 /// The raft log of one member in RocksDB. Reads go to RocksDB directly
@@ -52,9 +52,24 @@ impl LogStore {
 
 impl LogReader {
     fn entries(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry<TypeConfig>>> {
-        // Holding the read lock keeps the writer from retiring pending entries
+        // Holding the read lock keeps the writer from dropping cached entries
         // between the RocksDB read and the overlay, so no entry is missed.
-        let pending = self.pending.read().unwrap_or_else(PoisonError::into_inner);
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Vec::new());
+        }
+        let cache = self.pending.read().unwrap_or_else(PoisonError::into_inner);
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        // The cache ends at the last log index: a range it holds every index
+        // of, from `start` to `end` or that last index, is answered from
+        // memory (nothing past the last index exists).
+        if let (Some((&first, _)), Some((&last, _))) = (cache.entries.first_key_value(), cache.entries.last_key_value())
+        {
+            let stop = end.map_or(last.saturating_add(1), |e| e.min(last.saturating_add(1)));
+            let held: Vec<&Cached> = cache.entries.range((Bound::Included(start), upper)).map(|(_, c)| c).collect();
+            if start >= first && held.len() as u64 == stop.saturating_sub(start) {
+                return Ok(held.into_iter().map(|c| c.entry.clone()).collect());
+            }
+        }
         let mut out: BTreeMap<u64, Entry<TypeConfig>> = BTreeMap::new();
         self.db.scan(CF_RAFT_LOG, &u64_key(start), |k, v| {
             let index = decode_u64(k)
@@ -65,17 +80,16 @@ impl LogReader {
             out.insert(index, decode_json(CF_RAFT_LOG, k, v)?);
             Ok(true)
         })?;
-        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        for (index, (_, entry)) in pending.range((Bound::Included(start), upper)) {
-            out.insert(*index, entry.clone());
+        for (index, c) in cache.entries.range((Bound::Included(start), upper)) {
+            out.insert(*index, c.entry.clone());
         }
         Ok(out.into_values().collect())
     }
 
     fn last_log_id(&self) -> Result<Option<LogId<u64>>> {
-        let pending = self.pending.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, (_, entry))) = pending.last_key_value() {
-            return Ok(Some(*entry.get_log_id()));
+        let cache = self.pending.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, c)) = cache.entries.last_key_value() {
+            return Ok(Some(*c.entry.get_log_id()));
         }
         match self.db.last(CF_RAFT_LOG)? {
             Some((k, v)) => {
@@ -170,12 +184,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let op_id = self.next_op_id;
         let mut encoded = Vec::new();
         {
-            let mut pending = self.reader.pending.write().unwrap_or_else(PoisonError::into_inner);
+            let mut cache = self.reader.pending.write().unwrap_or_else(PoisonError::into_inner);
             for entry in entries {
                 let index = entry.get_log_id().index;
                 let bytes = encode_json("raft log entry", &entry).map_err(Error::into_write)?;
+                cache.insert(index, op_id, bytes.len(), entry);
                 encoded.push((index, bytes));
-                pending.insert(index, (op_id, entry));
             }
         }
         self.writer.submit(LogOp::Append { op_id, entries: encoded, callback }).map_err(Error::into_write)
@@ -183,10 +197,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         self.submit_and_wait(|done| LogOp::Truncate { from: log_id.index, done }).await.map_err(Error::into_write)?;
-        // Entries still queued past the cut were written and then deleted by
-        // the truncate above; drop any that a reader could still see.
-        let mut pending = self.reader.pending.write().unwrap_or_else(PoisonError::into_inner);
-        pending.split_off(&log_id.index);
+        // Entries cached past the cut (written, or queued and then deleted by
+        // the truncate above) must not be read again.
+        self.reader.pending.write().unwrap_or_else(PoisonError::into_inner).truncate(log_id.index);
         Ok(())
     }
 
@@ -194,6 +207,103 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged = encode_json("last purged log id", &Some(log_id)).map_err(Error::into_write)?;
         self.submit_and_wait(|done| LogOp::Purge { upto: log_id.index, last_purged, done })
             .await
-            .map_err(Error::into_write)
+            .map_err(Error::into_write)?;
+        self.reader.pending.write().unwrap_or_else(PoisonError::into_inner).purge(log_id.index);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use rocksdb::WriteBatch;
+
+    use super::*;
+    use crate::log_writer::{CACHE_BYTES, CACHE_ENTRIES};
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(term, 1), index), payload: EntryPayload::Blank }
+    }
+
+    /// (term, index) of each entry read.
+    fn read(reader: &LogReader, start: u64, end: Option<u64>) -> Vec<(u64, u64)> {
+        let entries = reader.entries(start, end).expect("read entries");
+        entries.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect()
+    }
+
+    /// RocksDB holds 1..=5 (term 1); the cache holds 4..=7 (term 2), of
+    /// which 6 and 7 are not written yet.
+    fn reader_with_cache() -> (tempfile::TempDir, LogReader) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path(), true).expect("open");
+        let mut batch = WriteBatch::default();
+        let cf = db.cf(CF_RAFT_LOG).expect("cf");
+        for i in 1..=5 {
+            batch.put_cf(&cf, u64_key(i), encode_json("entry", &entry(1, i)).expect("encode"));
+        }
+        drop(cf);
+        db.write(batch, true).expect("write");
+        let pending = Pending::default();
+        {
+            let mut cache = pending.write().expect("lock");
+            for i in 4..=7 {
+                cache.insert(i, i, 10, entry(2, i));
+            }
+            cache.written(4, [4].into_iter());
+            cache.written(5, [5].into_iter());
+        }
+        (dir, LogReader { db, pending })
+    }
+
+    #[test]
+    fn reads_overlay_the_cache_on_rocksdb_and_ranges_it_covers_skip_rocksdb() {
+        let (_dir, reader) = reader_with_cache();
+        let all = vec![(1, 1), (1, 2), (1, 3), (2, 4), (2, 5), (2, 6), (2, 7)];
+        assert_eq!(read(&reader, 0, None), all, "the cache wins where both hold an index");
+        assert_eq!(read(&reader, 3, Some(6)), all[2..5].to_vec());
+        assert_eq!(read(&reader, 5, Some(7)), vec![(2, 5), (2, 6)]);
+        assert_eq!(read(&reader, 6, None), vec![(2, 6), (2, 7)]);
+        assert_eq!(read(&reader, 5, Some(100)), vec![(2, 5), (2, 6), (2, 7)], "nothing exists past the last index");
+        assert!(read(&reader, 8, None).is_empty());
+        assert!(read(&reader, 6, Some(3)).is_empty(), "an empty range is empty, not a panic");
+        assert_eq!(reader.last_log_id().expect("last").map(|l| l.index), Some(7));
+    }
+
+    #[test]
+    fn truncate_and_purge_cut_the_cache() {
+        let (_dir, reader) = reader_with_cache();
+        reader.pending.write().expect("lock").truncate(6);
+        assert_eq!(read(&reader, 4, None), vec![(2, 4), (2, 5)]);
+        assert_eq!(reader.last_log_id().expect("last").map(|l| l.index), Some(5));
+        reader.pending.write().expect("lock").purge(4);
+        assert_eq!(read(&reader, 5, None), vec![(2, 5)]);
+        reader.pending.write().expect("lock").purge(u64::MAX);
+        assert_eq!(read(&reader, 4, None), vec![(1, 4), (1, 5)], "with the cache empty, RocksDB answers");
+    }
+
+    #[test]
+    fn the_cache_keeps_unwritten_entries_and_drops_the_oldest_written_ones_past_its_bounds() {
+        let mut cache = crate::log_writer::EntryCache::default();
+        let n = CACHE_ENTRIES as u64 + 10;
+        for i in 1..=n {
+            cache.insert(i, i, 1, entry(1, i));
+        }
+        // Index 2 was replaced by a later append before its first write finished.
+        cache.insert(2, n + 1, 1, entry(2, 2));
+        for i in 1..=n {
+            cache.written(i, [i].into_iter());
+        }
+        cache.shrink();
+        assert_eq!(cache.entries.len(), n as usize - 1, "nothing past the unwritten index 2 may be dropped");
+        assert_eq!(cache.entries.keys().next(), Some(&2));
+        cache.written(n + 1, [2].into_iter());
+        cache.shrink();
+        assert_eq!(cache.entries.len(), CACHE_ENTRIES);
+        assert_eq!(cache.entries.keys().next(), Some(&11));
+        // One huge entry: the byte bound drops everything written before it.
+        cache.insert(n + 1, n + 2, CACHE_BYTES, entry(1, n + 1));
+        cache.written(n + 2, [n + 1].into_iter());
+        cache.shrink();
+        assert_eq!(cache.entries.keys().copied().collect::<Vec<_>>(), vec![n + 1]);
     }
 }

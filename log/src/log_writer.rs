@@ -15,11 +15,87 @@ use crate::keys::{u64_key, RaftMetaKey, CF_RAFT_LOG, CF_RAFT_META};
 use crate::log_stats::Counters;
 use crate::{Error, Result, TypeConfig};
 
-/// Entries handed to the writer but not yet written, keyed by index, tagged
-/// with the id of the append that wrote them. Readers overlay these on what
-/// RocksDB holds so that an appended entry is readable as soon as `append`
-/// returns, as openraft requires.
-pub(crate) type Pending = Arc<RwLock<BTreeMap<u64, (u64, Entry<TypeConfig>)>>>;
+/// The most recently appended raft entries, keyed by index: those handed to
+/// the writer but not yet written (tagged with the id of the append that
+/// writes them), and the newest written ones, kept so that replication and
+/// apply read them without decoding them from RocksDB again. Readers overlay
+/// these on what RocksDB holds, so an appended entry is readable as soon as
+/// `append` returns, as openraft requires.
+///
+/// The indexes held are contiguous and end at the last log index (appends
+/// are contiguous, truncation and purge cut both RocksDB and the cache), so
+/// a range the cache covers needs no RocksDB read at all.
+pub(crate) type Pending = Arc<RwLock<EntryCache>>;
+
+/// Written entries kept beyond this many (or this many encoded bytes) are
+/// dropped from the front; entries not yet written are never dropped.
+pub(crate) const CACHE_ENTRIES: usize = 1024;
+pub(crate) const CACHE_BYTES: usize = 64 << 20;
+
+#[derive(Default)]
+pub(crate) struct EntryCache {
+    pub(crate) entries: BTreeMap<u64, Cached>,
+    /// The encoded size of everything in `entries`.
+    bytes: usize,
+}
+
+pub(crate) struct Cached {
+    /// The append writing it, until it is written.
+    pub(crate) unwritten_by: Option<u64>,
+    /// Its encoded size.
+    pub(crate) bytes: usize,
+    pub(crate) entry: Entry<TypeConfig>,
+}
+
+impl EntryCache {
+    /// Adds (or replaces) the entry at `index`, to be written by `op_id`.
+    pub(crate) fn insert(&mut self, index: u64, op_id: u64, bytes: usize, entry: Entry<TypeConfig>) {
+        self.bytes += bytes;
+        if let Some(old) = self.entries.insert(index, Cached { unwritten_by: Some(op_id), bytes, entry }) {
+            self.bytes -= old.bytes;
+        }
+    }
+
+    /// Marks what `op_id` wrote as written, unless a later append replaced it.
+    pub(crate) fn written(&mut self, op_id: u64, indexes: impl Iterator<Item = u64>) {
+        for index in indexes {
+            if let Some(c) = self.entries.get_mut(&index) {
+                if c.unwritten_by == Some(op_id) {
+                    c.unwritten_by = None;
+                }
+            }
+        }
+    }
+
+    /// Drops the oldest written entries while the cache is over its bounds.
+    pub(crate) fn shrink(&mut self) {
+        while self.entries.len() > CACHE_ENTRIES || self.bytes > CACHE_BYTES {
+            match self.entries.first_entry() {
+                Some(first) if first.get().unwritten_by.is_none() => {
+                    self.bytes -= first.remove().bytes;
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Drops every entry at or after `from`.
+    pub(crate) fn truncate(&mut self, from: u64) {
+        for (_, c) in self.entries.split_off(&from) {
+            self.bytes -= c.bytes;
+        }
+    }
+
+    /// Drops every entry up to and including `upto`.
+    pub(crate) fn purge(&mut self, upto: u64) {
+        let kept = match upto.checked_add(1) {
+            Some(next) => self.entries.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        self.entries = kept;
+        self.bytes = self.entries.values().map(|c| c.bytes).sum();
+    }
+}
 
 /// One unit of raft log IO, executed in submission order.
 pub(crate) enum LogOp {
@@ -91,16 +167,13 @@ fn run(db: &Db, pending: &Pending, counters: &Counters, rx: mpsc::Receiver<LogOp
         ops.extend(rx.try_iter());
         let result = write_ops(db, &ops, counters);
         if result.is_ok() {
-            let mut p = pending.write().unwrap_or_else(PoisonError::into_inner);
+            let mut cache = pending.write().unwrap_or_else(PoisonError::into_inner);
             for op in &ops {
                 if let LogOp::Append { op_id, entries, .. } = op {
-                    for (index, _) in entries {
-                        if p.get(index).is_some_and(|(id, _)| id == op_id) {
-                            p.remove(index);
-                        }
-                    }
+                    cache.written(*op_id, entries.iter().map(|(index, _)| *index));
                 }
             }
+            cache.shrink();
         }
         for op in ops {
             let r = result.as_ref().map(|_| ()).map_err(|e| Error::Storage(e.to_string()));

@@ -21,7 +21,7 @@ pub(crate) const MAX_BATCH_COMMANDS: usize = 1024;
 /// envelope always fits, whatever its size).
 pub(crate) const MAX_BATCH_BYTES: usize = 512 * 1024;
 /// The most batches being written at once.
-pub(crate) const MAX_IN_FLIGHT: usize = 4;
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
 /// Proposals queued for the batcher; `propose` waits when it is full.
 const QUEUE: usize = 8 * MAX_BATCH_COMMANDS;
 

@@ -408,4 +408,4 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

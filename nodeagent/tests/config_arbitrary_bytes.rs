@@ -12,7 +12,7 @@ use std::path::Path;
 use claw_nodeagent::{format_duration, parse_duration, Flags, Options, StateFile};
 use proptest::prelude::*;
 
-use self::mutate::{corpus, inputs, mutated, Seed};
+use self::mutate::{check_config_file, corpus, inputs, mutated, Seed};
 
 /// The settings `Options::validate` can complain about, as its messages
 /// name them (`name` through `validate_name`: "invalid name: ...").
@@ -52,20 +52,10 @@ proptest! {
     #[test]
     fn config_files_never_panic_and_errors_name_the_file_or_setting(input in inputs(config_seeds())) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("clawnode.toml");
-        std::fs::write(&path, &input.bytes).expect("write config");
-        let flags = Flags { config: Some(path.clone()), ..Default::default() };
-        if let Err(e) = Options::load(&flags, &no_env) {
-            let msg = e.to_string();
-            let inner = msg.strip_prefix("configuration: ").unwrap_or_else(|| panic!("{input:?}: not a configuration error: {msg}"));
-            match inner.split_once(&path.display().to_string()) {
-                Some((_, why)) => prop_assert!(why.trim_start_matches(':').trim().len() > 4, "{:?}: says too little: {}", input, msg),
-                None => prop_assert!(
-                    SETTINGS.iter().any(|s| inner.starts_with(&format!("{s}:"))),
-                    "{:?}: names neither the file nor a setting: {}", input, msg
-                ),
-            }
-        }
+        let r = check_config_file(&dir.path().join("clawnode.toml"), &input.bytes, SETTINGS, |path| {
+            Options::load(&Flags { config: Some(path), ..Default::default() }, &no_env).map(drop)
+        });
+        prop_assert!(r.is_ok(), "{:?}: {}", input, r.unwrap_err());
     }
 
     /// Durations in the config file, `CLAW_NODE_*_INTERVAL` and the flags.

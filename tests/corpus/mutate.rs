@@ -177,3 +177,30 @@ pub fn random_bytes() -> impl Strategy<Value = Input> {
 pub fn inputs(seeds: Vec<Seed>) -> BoxedStrategy<Input> {
     prop_oneof![4 => mutated(seeds), 1 => random_bytes()].boxed()
 }
+
+/// Writes `bytes` to `path` and hands it to `load` (a program's whole
+/// configuration load). A rejection must be a configuration error
+/// ("configuration: ...") that names the file and says why, or starts with
+/// one of `settings` ("SETTING: ...").
+pub fn check_config_file<E: fmt::Display>(
+    path: &Path,
+    bytes: &[u8],
+    settings: &[&str],
+    load: impl FnOnce(PathBuf) -> Result<(), E>,
+) -> Result<(), String> {
+    std::fs::write(path, bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
+    let Err(e) = load(path.to_path_buf()) else { return Ok(()) };
+    let msg = e.to_string();
+    let inner = msg.strip_prefix("configuration: ").ok_or_else(|| format!("not a configuration error: {msg}"))?;
+    match inner.split_once(&path.display().to_string()) {
+        Some((_, why)) if why.trim_start_matches(':').trim().len() > 4 => Ok(()),
+        Some(_) => Err(format!("says too little: {msg}")),
+        None if names_one_of(inner, settings) => Ok(()),
+        None => Err(format!("names neither the file nor a setting: {msg}")),
+    }
+}
+
+/// Whether an error message starts with one of `settings` ("SETTING: ...").
+pub fn names_one_of(msg: &str, settings: &[&str]) -> bool {
+    settings.iter().any(|s| msg.starts_with(&format!("{s}:")))
+}

@@ -157,7 +157,8 @@ fn blank(index: u64) -> Entry<TypeConfig> {
     Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
 }
 
-fn fold(records: &[claw_commands::EventRecord]) -> (DecisionState, ClusterView) {
+/// The decision state and cluster view after `records`, folded from empty.
+pub(crate) fn fold(records: &[claw_commands::EventRecord]) -> (DecisionState, ClusterView) {
     let mut d = DecisionState::default();
     let mut v = ClusterView::default();
     for r in records {
