@@ -1,6 +1,8 @@
 //! `clawd` members as Docker containers on a private Docker network, for
-//! fault injection: network cuts (`docker network disconnect`), SIGKILL,
-//! SIGSTOP/SIGCONT, and a data directory on a small tmpfs that can be filled.
+//! fault injection: network cuts (`docker network disconnect`), one-way cuts
+//! (host iptables rules in Docker's `DOCKER-USER` chain, which bridged
+//! traffic between containers passes through), SIGKILL, SIGSTOP/SIGCONT, and
+//! a data directory on a small tmpfs that can be filled.
 //!
 //! The engine has no registry, so the image is made here: the built `clawd`
 //! (debug info stripped), the shared libraries `ldd` names, and a static
@@ -10,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -95,13 +98,15 @@ pub struct DockerMember {
 }
 
 /// A cluster of `clawd` containers on its own network. Dropping it removes
-/// the containers, the network and any tmpfs.
+/// the containers, the network, any tmpfs and any one-way cut.
 pub struct DockerCluster {
     pub name: String,
     pub network: String,
     pub image: String,
     pub dir: tempfile::TempDir,
     pub members: Vec<DockerMember>,
+    /// `(source ip, destination ip)` pairs whose packets are dropped now.
+    cuts: Mutex<Vec<(String, String)>>,
 }
 
 impl DockerCluster {
@@ -113,7 +118,8 @@ impl DockerCluster {
         let name = format!("clawfault-{}-{}", std::process::id(), next_cluster());
         let dir = tempfile::Builder::new().prefix("clawfault").tempdir()?;
         docker(&["network", "create", "--driver", "bridge", &name])?;
-        let mut c = DockerCluster { network: name.clone(), name, image, dir, members: Vec::new() };
+        let mut c =
+            DockerCluster { network: name.clone(), name, image, dir, members: Vec::new(), cuts: Mutex::new(Vec::new()) };
         for id in 1..=n {
             let data_dir = c.dir.path().join(format!("m{id}"));
             std::fs::create_dir_all(&data_dir)?;
@@ -203,6 +209,12 @@ impl DockerCluster {
         Ok(format!("{ip}:{PORT}"))
     }
 
+    /// A member's address on the cluster's network.
+    fn ip(&self, id: u64) -> Result<String> {
+        let addr = self.addr(id)?;
+        Ok(addr.rsplit_once(':').map_or(addr.clone(), |(ip, _)| ip.to_string()))
+    }
+
     /// The addresses of every member the host can reach now.
     pub fn reachable_addrs(&self) -> Vec<(u64, String)> {
         self.members.iter().filter_map(|m| self.addr(m.id).ok().map(|a| (m.id, a))).collect()
@@ -246,6 +258,30 @@ impl DockerCluster {
     pub fn connect(&self, id: u64) -> Result<()> {
         let alias = format!("m{id}");
         docker(&["network", "connect", "--alias", &alias, &self.network, self.container(id)]).map(drop)
+    }
+
+    /// Cuts a member off in one direction: every packet it sends to another
+    /// member is dropped, while what the others send it still arrives (and
+    /// clients on the host still reach it).
+    pub fn cut_outbound(&self, id: u64) -> Result<()> {
+        let from = self.ip(id)?;
+        for m in self.members.iter().filter(|m| m.id != id) {
+            let to = self.ip(m.id)?;
+            iptables("-I", &from, &to)?;
+            self.cuts.lock().unwrap_or_else(|e| e.into_inner()).push((from.clone(), to));
+        }
+        Ok(())
+    }
+
+    /// Undoes [`DockerCluster::cut_outbound`] for `id`.
+    pub fn heal_outbound(&self, id: u64) -> Result<()> {
+        let from = self.ip(id)?;
+        let mut cuts = self.cuts.lock().unwrap_or_else(|e| e.into_inner());
+        for (src, dst) in cuts.iter().filter(|(src, _)| *src == from) {
+            iptables("-D", src, dst)?;
+        }
+        cuts.retain(|(src, _)| *src != from);
+        Ok(())
     }
 
     /// SIGKILL of the member's `clawd`: no shutdown code runs.
@@ -319,8 +355,20 @@ fn next_cluster() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Inserts (`-I`) or deletes (`-D`) the rule dropping packets from `src` to
+/// `dst` in `DOCKER-USER`, which Docker consults first for traffic between
+/// containers (the bridge passes it through iptables).
+fn iptables(op: &str, src: &str, dst: &str) -> Result<()> {
+    run(Command::new("iptables").args(["-w", op, "DOCKER-USER", "-s", src, "-d", dst, "-j", "DROP"]))
+        .context("one-way cuts need iptables on the host and root")
+}
+
 impl Drop for DockerCluster {
     fn drop(&mut self) {
+        // Rules outlive the network, and a later network may reuse its addresses.
+        for (src, dst) in self.cuts.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = iptables("-D", &src, &dst);
+        }
         for m in &self.members {
             // A paused (SIGSTOPped) process still dies of SIGKILL.
             let _ = docker(&["rm", "-f", &m.container]);

@@ -6,14 +6,11 @@
 //! the recorded history and the member logs.
 //!
 //! The scenarios run one at a time (2 cores cannot host several clusters
-//! fairly); all seven take about two minutes. `CLAW_FAULT_SOAK_SECS=600
+//! fairly); all eight take about two minutes. `CLAW_FAULT_SOAK_SECS=600
 //! cargo test --workspace --test t70_faults -- --nocapture mixed` soaks the
 //! mixed scenario longer; `CLAW_FAULT_SEED` replays a mixed schedule.
-//! They need a running Docker engine and root (the small disk is a tmpfs).
-//!
-//! Not covered: a member cut off in one direction only. Docker's network
-//! commands cut both directions; one-way cuts need iptables inside the
-//! member's network namespace, which the scratch image does not have.
+//! They need a running Docker engine and root (the small disk is a tmpfs,
+//! one-way cuts are host iptables rules).
 
 use std::time::Duration;
 
@@ -70,6 +67,26 @@ async fn follower_cut_off_then_healed() -> Result<()> {
     load.refresh(&c);
     sleep_ms(3_000).await;
     println!("minority cut off: {}", verify("follower-cut-off", &c, load).await?);
+    Ok(())
+}
+
+/// The leader's packets to the other members are dropped while theirs still
+/// reach it: it can hear the new leader but cannot answer or be heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_cut_off_one_way_then_healed() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    require_docker()?;
+    let c = DockerCluster::start(3, None).await?;
+    let load = Load::start(&c, CLIENTS);
+    sleep_ms(2_000).await;
+    let leader = c.wait_leader(T).await?;
+    c.cut_outbound(leader)?;
+    let new = c.wait_new_leader(leader, T).await.context("the members the leader cannot reach elect a new one")?;
+    ensure!(new != leader);
+    sleep_ms(3_000).await;
+    c.heal_outbound(leader)?;
+    sleep_ms(3_000).await;
+    println!("leader cut off one way: {}", verify("leader-cut-one-way", &c, load).await?);
     Ok(())
 }
 
