@@ -118,8 +118,14 @@ impl DockerCluster {
         let name = format!("clawfault-{}-{}", std::process::id(), next_cluster());
         let dir = tempfile::Builder::new().prefix("clawfault").tempdir()?;
         docker(&["network", "create", "--driver", "bridge", &name])?;
-        let mut c =
-            DockerCluster { network: name.clone(), name, image, dir, members: Vec::new(), cuts: Mutex::new(Vec::new()) };
+        let mut c = DockerCluster {
+            network: name.clone(),
+            name,
+            image,
+            dir,
+            members: Vec::new(),
+            cuts: Mutex::new(Vec::new()),
+        };
         for id in 1..=n {
             let data_dir = c.dir.path().join(format!("m{id}"));
             std::fs::create_dir_all(&data_dir)?;
