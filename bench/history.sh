@@ -18,6 +18,7 @@ EVENTS="${1:-1000000}"
 SAMPLES="${2:-200}"
 python3 -c "import duckdb" 2>/dev/null || python3 -m pip install -q duckdb >&2
 WORK="${WORK:-$(mktemp -d)}"
+mkdir -p "$WORK"
 PORT=17900
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; }
