@@ -190,8 +190,9 @@ async fn a_members_disk_fills_then_is_freed() -> Result<()> {
     Ok(())
 }
 
-/// A random mix of the faults above, one after another, for
-/// `CLAW_FAULT_SOAK_SECS` (default 20 s).
+/// A random mix of cuts (both ways or one way), kills and pauses of the
+/// leader or any member, one after another, for `CLAW_FAULT_SOAK_SECS`
+/// (default 20 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mixed_faults() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -213,21 +214,23 @@ async fn mixed_faults() -> Result<()> {
             _ => 1 + next() % 3,
         };
         let hold = 1_000 + next() % 2_000;
-        let fault = next() % 3;
+        let fault = next() % 4;
         match fault {
             0 => c.disconnect(victim)?,
             1 => c.kill(victim)?,
-            _ => c.pause(victim)?,
+            2 => c.pause(victim)?,
+            _ => c.cut_outbound(victim)?,
         }
         load.refresh(&c);
         sleep_ms(hold).await;
         match fault {
             0 => c.connect(victim)?,
             1 => c.restart(victim)?,
-            _ => c.resume(victim)?,
+            2 => c.resume(victim)?,
+            _ => c.heal_outbound(victim)?,
         }
         load.refresh(&c);
-        done.push(format!("{}:{victim}", ["cut", "kill", "pause"][fault as usize]));
+        done.push(format!("{}:{victim}", ["cut", "kill", "pause", "oneway"][fault as usize]));
         sleep_ms(1_000 + next() % 1_000).await;
     }
     println!("mixed faults [{}]: {}", done.join(" "), verify("mixed", &c, load).await?);
