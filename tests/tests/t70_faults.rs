@@ -27,17 +27,27 @@ async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
+/// The start of every scenario: this test's turn (they run one at a time),
+/// three members (`small_disk` as in [`DockerCluster::start`]) and the
+/// recording clients, after two seconds of load. Keep the guard alive.
+async fn under_load(
+    small_disk: Option<(u64, u64)>,
+) -> Result<(tokio::sync::MutexGuard<'static, ()>, DockerCluster, Load)> {
+    let serial = SERIAL.lock().await;
+    require_docker()?;
+    let c = DockerCluster::start(3, small_disk).await?;
+    let load = Load::start(&c, CLIENTS);
+    sleep_ms(2_000).await;
+    Ok((serial, c, load))
+}
+
 fn follower_of(c: &DockerCluster, leader: u64) -> u64 {
     c.members.iter().map(|m| m.id).find(|id| *id != leader).unwrap_or(1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_cut_off_then_healed() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    require_docker()?;
-    let c = DockerCluster::start(3, None).await?;
-    let load = Load::start(&c, CLIENTS);
-    sleep_ms(2_000).await;
+    let (_serial, c, load) = under_load(None).await?;
     let leader = c.wait_leader(T).await?;
     c.disconnect(leader)?;
     load.refresh(&c);
@@ -53,11 +63,7 @@ async fn leader_cut_off_then_healed() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follower_cut_off_then_healed() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    require_docker()?;
-    let c = DockerCluster::start(3, None).await?;
-    let load = Load::start(&c, CLIENTS);
-    sleep_ms(2_000).await;
+    let (_serial, c, load) = under_load(None).await?;
     let leader = c.wait_leader(T).await?;
     let follower = follower_of(&c, leader);
     c.disconnect(follower)?;
@@ -74,11 +80,7 @@ async fn follower_cut_off_then_healed() -> Result<()> {
 /// reach it: it can hear the new leader but cannot answer or be heard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_cut_off_one_way_then_healed() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    require_docker()?;
-    let c = DockerCluster::start(3, None).await?;
-    let load = Load::start(&c, CLIENTS);
-    sleep_ms(2_000).await;
+    let (_serial, c, load) = under_load(None).await?;
     let leader = c.wait_leader(T).await?;
     c.cut_outbound(leader)?;
     let new = c.wait_new_leader(leader, T).await.context("the members the leader cannot reach elect a new one")?;
@@ -92,11 +94,7 @@ async fn leader_cut_off_one_way_then_healed() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_then_follower_killed_under_load() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    require_docker()?;
-    let c = DockerCluster::start(3, None).await?;
-    let load = Load::start(&c, CLIENTS);
-    sleep_ms(2_000).await;
+    let (_serial, c, load) = under_load(None).await?;
     let leader = c.wait_leader(T).await?;
     c.kill(leader)?;
     load.refresh(&c);
@@ -118,11 +116,8 @@ async fn leader_then_follower_killed_under_load() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_members_killed_and_restarted_together() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    require_docker()?;
-    let c = DockerCluster::start(3, None).await?;
-    let load = Load::start(&c, CLIENTS);
-    sleep_ms(3_000).await;
+    let (_serial, c, load) = under_load(None).await?;
+    sleep_ms(1_000).await;
     for m in &c.members {
         c.kill(m.id)?;
     }
@@ -140,11 +135,7 @@ async fn all_members_killed_and_restarted_together() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paused_leader_loses_leadership_then_resumes() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    require_docker()?;
-    let c = DockerCluster::start(3, None).await?;
-    let load = Load::start(&c, CLIENTS);
-    sleep_ms(2_000).await;
+    let (_serial, c, load) = under_load(None).await?;
     let leader = c.wait_leader(T).await?;
     c.pause(leader)?;
     let new = c.wait_new_leader(leader, T).await.context("the others elect a leader while it is paused")?;
@@ -163,12 +154,8 @@ async fn paused_leader_loses_leadership_then_resumes() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_members_disk_fills_then_is_freed() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    require_docker()?;
     // Member 3's data directory is a 96 MiB tmpfs.
-    let c = DockerCluster::start(3, Some((3, 96))).await?;
-    let load = Load::start(&c, CLIENTS);
-    sleep_ms(2_000).await;
+    let (_serial, c, load) = under_load(Some((3, 96))).await?;
     c.fill_disk(3)?;
     sleep_ms(4_000).await;
     let survived = c.running(3)?;
