@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use crate::db::{decode_json, encode_json, Db};
 use crate::keys::{decode_u64, show_key, u64_key, RaftMetaKey, CF_RAFT_LOG, CF_RAFT_META};
 use crate::log_stats::Counters;
-use crate::log_writer::{Cached, LogOp, LogWriter, Pending};
+use crate::log_writer::{Cached, LogOp, LogWriter, SharedCache};
 use crate::{Error, Result, TypeConfig};
 
 /// The raft log of one member in RocksDB. Reads go to RocksDB directly
@@ -29,14 +29,14 @@ pub(crate) struct LogStore {
 #[derive(Clone)]
 pub(crate) struct LogReader {
     db: Arc<Db>,
-    pending: Pending,
+    cache: SharedCache,
 }
 
 impl LogStore {
     pub(crate) fn open(db: Arc<Db>, counters: Arc<Counters>) -> Result<LogStore> {
-        let pending = Pending::default();
-        let writer = LogWriter::start(db.clone(), pending.clone(), counters.clone())?;
-        Ok(LogStore { reader: LogReader { db, pending }, writer, next_op_id: 0, counters })
+        let cache = SharedCache::default();
+        let writer = LogWriter::start(db.clone(), cache.clone(), counters.clone())?;
+        Ok(LogStore { reader: LogReader { db, cache }, writer, next_op_id: 0, counters })
     }
 
     async fn submit_and_wait(&self, op: impl FnOnce(oneshot::Sender<Result<()>>) -> LogOp) -> Result<()> {
@@ -57,7 +57,7 @@ impl LogReader {
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
         }
-        let cache = self.pending.read().unwrap_or_else(PoisonError::into_inner);
+        let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         // The cache ends at the last log index: a range it holds every index
         // of, from `start` to `end` or that last index, is answered from
@@ -87,7 +87,7 @@ impl LogReader {
     }
 
     fn last_log_id(&self) -> Result<Option<LogId<u64>>> {
-        let cache = self.pending.read().unwrap_or_else(PoisonError::into_inner);
+        let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, c)) = cache.entries.last_key_value() {
             return Ok(Some(*c.entry.get_log_id()));
         }
@@ -184,7 +184,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let op_id = self.next_op_id;
         let mut encoded = Vec::new();
         {
-            let mut cache = self.reader.pending.write().unwrap_or_else(PoisonError::into_inner);
+            let mut cache = self.reader.cache.write().unwrap_or_else(PoisonError::into_inner);
             for entry in entries {
                 let index = entry.get_log_id().index;
                 let bytes = encode_json("raft log entry", &entry).map_err(Error::into_write)?;
@@ -199,7 +199,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.submit_and_wait(|done| LogOp::Truncate { from: log_id.index, done }).await.map_err(Error::into_write)?;
         // Entries cached past the cut (written, or queued and then deleted by
         // the truncate above) must not be read again.
-        self.reader.pending.write().unwrap_or_else(PoisonError::into_inner).truncate(log_id.index);
+        self.reader.cache.write().unwrap_or_else(PoisonError::into_inner).truncate(log_id.index);
         Ok(())
     }
 
@@ -208,7 +208,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.submit_and_wait(|done| LogOp::Purge { upto: log_id.index, last_purged, done })
             .await
             .map_err(Error::into_write)?;
-        self.reader.pending.write().unwrap_or_else(PoisonError::into_inner).purge(log_id.index);
+        self.reader.cache.write().unwrap_or_else(PoisonError::into_inner).purge(log_id.index);
         Ok(())
     }
 }
@@ -243,16 +243,16 @@ mod tests {
         }
         drop(cf);
         db.write(batch, true).expect("write");
-        let pending = Pending::default();
+        let shared = SharedCache::default();
         {
-            let mut cache = pending.write().expect("lock");
+            let mut cache = shared.write().expect("lock");
             for i in 4..=7 {
                 cache.insert(i, i, 10, entry(2, i));
             }
             cache.written(4, [4].into_iter());
             cache.written(5, [5].into_iter());
         }
-        (dir, LogReader { db, pending })
+        (dir, LogReader { db, cache: shared })
     }
 
     #[test]
@@ -272,12 +272,12 @@ mod tests {
     #[test]
     fn truncate_and_purge_cut_the_cache() {
         let (_dir, reader) = reader_with_cache();
-        reader.pending.write().expect("lock").truncate(6);
+        reader.cache.write().expect("lock").truncate(6);
         assert_eq!(read(&reader, 4, None), vec![(2, 4), (2, 5)]);
         assert_eq!(reader.last_log_id().expect("last").map(|l| l.index), Some(5));
-        reader.pending.write().expect("lock").purge(4);
+        reader.cache.write().expect("lock").purge(4);
         assert_eq!(read(&reader, 5, None), vec![(2, 5)]);
-        reader.pending.write().expect("lock").purge(u64::MAX);
+        reader.cache.write().expect("lock").purge(u64::MAX);
         assert_eq!(read(&reader, 4, None), vec![(1, 4), (1, 5)], "with the cache empty, RocksDB answers");
     }
 

@@ -25,7 +25,7 @@ use crate::{Error, Result, TypeConfig};
 /// The indexes held are contiguous and end at the last log index (appends
 /// are contiguous, truncation and purge cut both RocksDB and the cache), so
 /// a range the cache covers needs no RocksDB read at all.
-pub(crate) type Pending = Arc<RwLock<EntryCache>>;
+pub(crate) type SharedCache = Arc<RwLock<EntryCache>>;
 
 /// Written entries kept beyond this many (or this many encoded bytes) are
 /// dropped from the front; entries not yet written are never dropped.
@@ -92,8 +92,9 @@ impl EntryCache {
             Some(next) => self.entries.split_off(&next),
             None => BTreeMap::new(),
         };
-        self.entries = kept;
-        self.bytes = self.entries.values().map(|c| c.bytes).sum();
+        for (_, c) in std::mem::replace(&mut self.entries, kept) {
+            self.bytes -= c.bytes;
+        }
     }
 }
 
@@ -133,11 +134,11 @@ pub(crate) struct LogWriter {
 }
 
 impl LogWriter {
-    pub(crate) fn start(db: Arc<Db>, pending: Pending, counters: Arc<Counters>) -> Result<LogWriter> {
+    pub(crate) fn start(db: Arc<Db>, cache: SharedCache, counters: Arc<Counters>) -> Result<LogWriter> {
         let (tx, rx) = mpsc::channel::<LogOp>();
         let join = std::thread::Builder::new()
             .name("raft-log-writer".to_string())
-            .spawn(move || run(&db, &pending, &counters, rx))
+            .spawn(move || run(&db, &cache, &counters, rx))
             .map_err(|e| Error::Storage(format!("cannot start the raft-log-writer thread: {e}")))?;
         Ok(LogWriter { tx: Some(tx), join: Some(join) })
     }
@@ -161,13 +162,13 @@ impl Drop for LogWriter {
     }
 }
 
-fn run(db: &Db, pending: &Pending, counters: &Counters, rx: mpsc::Receiver<LogOp>) {
+fn run(db: &Db, shared: &SharedCache, counters: &Counters, rx: mpsc::Receiver<LogOp>) {
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         ops.extend(rx.try_iter());
         let result = write_ops(db, &ops, counters);
         if result.is_ok() {
-            let mut cache = pending.write().unwrap_or_else(PoisonError::into_inner);
+            let mut cache = shared.write().unwrap_or_else(PoisonError::into_inner);
             for op in &ops {
                 if let LogOp::Append { op_id, entries, .. } = op {
                     cache.written(*op_id, entries.iter().map(|(index, _)| *index));
@@ -243,7 +244,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(dir.path(), true).expect("open");
         let counters = Arc::new(Counters::default());
-        let writer = LogWriter::start(db.clone(), Pending::default(), counters.clone()).expect("start");
+        let writer = LogWriter::start(db.clone(), SharedCache::default(), counters.clone()).expect("start");
         let mut waits = Vec::new();
         for i in 0..200u32 {
             let (done, rx) = oneshot::channel();

@@ -220,13 +220,14 @@ impl StateMachine {
         // events of its own command inside this history, or a retry of that
         // command would later fail (or stop) this member's apply.
         for row in &payload.dedup {
-            let events = usize::try_from(row.first_seq.max(1) - 1)
+            // Seqs start at 1: events `first..=last` are `events[first - 1..last]`.
+            let events = usize::try_from(row.first_seq)
                 .ok()
+                .filter(|first| *first >= 1)
                 .zip(usize::try_from(row.last_seq).ok())
-                .and_then(|(from, to)| payload.events.get(from..to))
-                .filter(|evs| row.first_seq >= 1 && !evs.is_empty());
+                .and_then(|(first, last)| payload.events.get(first - 1..last));
             let ok = events.is_some_and(|evs| {
-                evs.iter().all(|r| r.command_id == row.command_id && r.raft_index == row.raft_index)
+                !evs.is_empty() && evs.iter().all(|r| r.command_id == row.command_id && r.raft_index == row.raft_index)
             });
             if !ok {
                 return Err(Error::decode(
