@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use claw_log::ViewTables;
 use claw_projections::ClusterView;
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int32Array, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
@@ -33,6 +34,19 @@ impl ViewKind {
         ViewKind::Proposals,
         ViewKind::Incidents,
     ];
+
+    /// The tables of the view its rows come from: a seance function loads
+    /// only these from the checkpoint.
+    pub(crate) fn tables(self) -> ViewTables {
+        let none = ViewTables::default();
+        match self {
+            ViewKind::Members => ViewTables { members: true, ..none },
+            ViewKind::Nodes | ViewKind::Gpus => ViewTables { nodes: true, ..none },
+            ViewKind::Workloads => ViewTables { workloads: true, ..none },
+            ViewKind::Proposals => ViewTables { proposals: true, ..none },
+            ViewKind::Incidents => ViewTables { incidents: true, ..none },
+        }
+    }
 
     /// The live table's name; the seance function is this plus `_at`.
     pub(crate) fn table(self) -> &'static str {

@@ -46,6 +46,10 @@ pub struct HistoryReport {
     pub state_at_max_ms: f64,
     pub state_at_sql_p50_ms: f64,
     pub state_at_sql_p99_ms: f64,
+    pub nodes_at_p50_ms: f64,
+    pub nodes_at_p99_ms: f64,
+    pub workloads_at_p50_ms: f64,
+    pub workloads_at_p99_ms: f64,
     pub filtered_query: String,
     pub filtered_ms: f64,
     pub filtered_rows_returned: u64,
@@ -74,6 +78,20 @@ impl HistoryReport {
                 format!(
                     "p50 {:.2} ms, p99 {:.2} ms (SELECT count(*) FROM members_at(seq))",
                     self.state_at_sql_p50_ms, self.state_at_sql_p99_ms
+                ),
+            ),
+            (
+                "",
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms (SELECT count(*) FROM nodes_at(seq))",
+                    self.nodes_at_p50_ms, self.nodes_at_p99_ms
+                ),
+            ),
+            (
+                "",
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms (SELECT count(*) FROM workloads_at(seq))",
+                    self.workloads_at_p50_ms, self.workloads_at_p99_ms
                 ),
             ),
             ("filtered query", self.filtered_query.clone()),
@@ -186,15 +204,21 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         lat.record(t.elapsed().as_micros().max(1) as u64)?;
     }
 
-    // The same seqs through SQL on the smallest seance table: the cost of
-    // rebuilding the state (checkpoint + replay) without shipping the whole
+    // The same seqs through SQL on seance tables: the cost of rebuilding
+    // one table's state (checkpoint + replay) without shipping the whole
     // view as JSON, as GetState does.
-    let mut core = histogram();
-    for &seq in &seqs {
-        let t = Instant::now();
-        client.query(&format!("SELECT count(*) FROM members_at({seq})")).await?;
-        core.record(t.elapsed().as_micros().max(1) as u64)?;
-    }
+    let seance = async |table: &str| -> Result<Histogram<u64>> {
+        let mut h = histogram();
+        for &seq in &seqs {
+            let t = Instant::now();
+            client.query(&format!("SELECT count(*) FROM {table}_at({seq})")).await?;
+            h.record(t.elapsed().as_micros().max(1) as u64)?;
+        }
+        Ok(h)
+    };
+    let core = seance("members").await?;
+    let nodes_at = seance("nodes").await?;
+    let workloads_at = seance("workloads").await?;
 
     // One node, a tenth of the history's time span, in its middle.
     let first_ms = client.get_state(Some(Moment::Seq(1))).await?.time_ms;
@@ -234,6 +258,10 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         state_at_max_ms: ms(lat.max()),
         state_at_sql_p50_ms: ms(core.value_at_quantile(0.5)),
         state_at_sql_p99_ms: ms(core.value_at_quantile(0.99)),
+        nodes_at_p50_ms: ms(nodes_at.value_at_quantile(0.5)),
+        nodes_at_p99_ms: ms(nodes_at.value_at_quantile(0.99)),
+        workloads_at_p50_ms: ms(workloads_at.value_at_quantile(0.5)),
+        workloads_at_p99_ms: ms(workloads_at.value_at_quantile(0.99)),
         filtered_query: filtered,
         filtered_ms,
         filtered_rows_returned: filtered_rows,

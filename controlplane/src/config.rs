@@ -33,15 +33,18 @@ impl Default for RaftOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryOptions {
-    /// A checkpoint of the projections is stored every this many events: a
-    /// past state costs one checkpoint load plus at most this many events
-    /// of replay. Smaller reads faster and writes more.
+    /// A checkpoint of the projections' changed rows is stored every this
+    /// many events: a past state costs one checkpoint load plus at most
+    /// this many events of replay. Smaller reads faster and writes more.
     pub checkpoint_every: u64,
+    /// A checkpoint of the whole state is stored every this many events: a
+    /// restart loads the newest and replays at most this many events.
+    pub full_checkpoint_every: u64,
 }
 
 impl Default for HistoryOptions {
     fn default() -> Self {
-        HistoryOptions { checkpoint_every: 10_000 }
+        HistoryOptions { checkpoint_every: 1_000, full_checkpoint_every: 20_000 }
     }
 }
 
@@ -198,6 +201,7 @@ impl Options {
         env_parse(env, "CLAW_SCHEDULER_NODE_TIMEOUT_MS", &mut o.scheduler.node_timeout_ms)?;
         env_parse(env, "CLAW_SCHEDULER_INTERVAL_MS", &mut o.scheduler.interval_ms)?;
         env_parse(env, "CLAW_HISTORY_CHECKPOINT_EVERY", &mut o.history.checkpoint_every)?;
+        env_parse(env, "CLAW_HISTORY_FULL_CHECKPOINT_EVERY", &mut o.history.full_checkpoint_every)?;
         env_parse(env, "CLAW_METRICS_ROLLUP_INTERVAL_MS", &mut o.metrics.rollup_interval_ms)?;
         env_parse(env, "CLAW_METRICS_RETENTION_1M_HOURS", &mut o.metrics.retention_1m_hours)?;
         env_parse(env, "CLAW_METRICS_RETENTION_1H_DAYS", &mut o.metrics.retention_1h_days)?;
@@ -251,6 +255,9 @@ impl Options {
         }
         if self.history.checkpoint_every == 0 {
             return Err(Error::Config("history.checkpoint_every: must be at least 1".into()));
+        }
+        if self.history.full_checkpoint_every == 0 {
+            return Err(Error::Config("history.full_checkpoint_every: must be at least 1".into()));
         }
         let m = &self.metrics;
         if m.rollup_interval_ms == 0 || m.retention_1m_hours == 0 || m.retention_1h_days == 0 {

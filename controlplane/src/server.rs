@@ -48,6 +48,7 @@ impl Server {
             snapshot_logs_since_last: opts.raft.snapshot_logs_since_last,
             max_in_snapshot_log_to_keep: opts.raft.max_in_snapshot_log_to_keep,
             checkpoint_every: opts.history.checkpoint_every,
+            full_checkpoint_every: opts.history.full_checkpoint_every,
             verify_checksums_on_open: opts.storage.verify_checksums_on_start,
         };
         let node = LogNode::open(log_opts).await?;

@@ -21,6 +21,7 @@ const SETTINGS: &[&str] = &[
     "listen",
     "advertise",
     "history.checkpoint_every",
+    "history.full_checkpoint_every",
     "metrics",
     "log.format",
     "raft",

@@ -139,6 +139,12 @@ impl Db {
         it.next().transpose().map_err(|e| Error::Storage(format!("cannot scan {cf}: {e}")))
     }
 
+    /// A raw iterator over `cf`, for seeks.
+    pub(crate) fn raw_iter(&self, cf: &str) -> Result<rocksdb::DBRawIteratorWithThreadMode<'_, DB>> {
+        let handle = self.cf(cf)?;
+        Ok(self.inner.raw_iterator_cf(&handle))
+    }
+
     /// The first key of `cf`.
     pub(crate) fn first_key(&self, cf: &str) -> Result<Option<Box<[u8]>>> {
         let handle = self.cf(cf)?;

@@ -40,7 +40,7 @@ use crate::db::{decode_json, Db};
 use crate::dedup_row::DedupRow;
 use crate::keys::{
     dedup_key, show_key, u64_key, RaftMetaKey, SmMetaKey, CF_DEDUP, CF_EVENTS, CF_RAFT_LOG, CF_RAFT_META, CF_ROLLUPS,
-    CF_SM_META,
+    CF_SM_META, CF_VIEW_ROWS,
 };
 use crate::log_node::open_storage;
 use crate::log_store::LogStore;
@@ -304,6 +304,7 @@ enum Target {
     Event(u64),
     RaftEntry(u64),
     Checkpoint,
+    ViewRow,
 }
 
 fn write_raw(db: &Db, cf: &str, key: &[u8], value: &[u8]) {
@@ -313,9 +314,9 @@ fn write_raw(db: &Db, cf: &str, key: &[u8], value: &[u8]) {
 }
 
 /// A store holding the corpus story (events with checkpoints every 7, and
-/// raft log entries 1..=3); returns its last seq and its newest
-/// checkpoint's key.
-fn stored_story(dir: &Path) -> (u64, Vec<u8>) {
+/// raft log entries 1..=3); returns its last seq, its newest checkpoint's
+/// key and the key of the last row of its row checkpoints.
+fn stored_story(dir: &Path) -> (u64, Vec<u8>, Vec<u8>) {
     let rt = runtime();
     let (_log, mut sm, store) = open_storage(dir, CHECKPOINT_EVERY).expect("open");
     rt.block_on(async {
@@ -329,7 +330,8 @@ fn stored_story(dir: &Path) -> (u64, Vec<u8>) {
     }
     let (_, end) = SmMetaKey::checkpoint_range();
     let (checkpoint_key, _) = db.last_at_or_before(CF_SM_META, &end).expect("scan").expect("a checkpoint");
-    (store.last_seq(), checkpoint_key.to_vec())
+    let (row_key, _) = db.last(CF_VIEW_ROWS).expect("scan").expect("a view row");
+    (store.last_seq(), checkpoint_key.to_vec(), row_key.to_vec())
 }
 
 /// Overwrites one stored record with arbitrary or mutated bytes, then
@@ -342,18 +344,21 @@ fn stored_story(dir: &Path) -> (u64, Vec<u8>) {
 fn garbage_in_the_store_is_an_error_naming_the_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
-    let (last_seq, checkpoint_key) = stored_story(&path);
+    let (last_seq, checkpoint_key, row_key) = stored_story(&path);
     let locate = |target: Target| match target {
         Target::Event(seq) => (CF_EVENTS, u64_key(seq).to_vec(), vec![format!("events/{seq}"), format!("seq {seq}")]),
         Target::RaftEntry(i) => (CF_RAFT_LOG, u64_key(i).to_vec(), vec![format!("raft_log/{i}")]),
         Target::Checkpoint => {
             (CF_SM_META, checkpoint_key.clone(), vec![format!("sm_meta/{}", show_key(&checkpoint_key))])
         }
+        Target::ViewRow => (CF_VIEW_ROWS, row_key.clone(), vec![format!("view_rows/{}", show_key(&row_key))]),
     };
     let originals: BTreeMap<(&str, Vec<u8>), Vec<u8>> = {
         let db = Db::open(&path, false).expect("open raw");
-        let targets =
-            (1..=last_seq).map(Target::Event).chain((1..=3).map(Target::RaftEntry)).chain([Target::Checkpoint]);
+        let targets = (1..=last_seq)
+            .map(Target::Event)
+            .chain((1..=3).map(Target::RaftEntry))
+            .chain([Target::Checkpoint, Target::ViewRow]);
         targets
             .map(|t| {
                 let (cf, key, _) = locate(t);
@@ -367,6 +372,7 @@ fn garbage_in_the_store_is_an_error_naming_the_record() {
             (1..=last_seq).prop_map(Target::Event),
             (1u64..=3).prop_map(Target::RaftEntry),
             Just(Target::Checkpoint),
+            Just(Target::ViewRow),
         ],
         prop_oneof![inputs(corpus("event_record")), inputs(corpus("raft_entry")), inputs(corpus("checkpoint"))],
     );

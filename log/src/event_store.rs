@@ -3,7 +3,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use claw_commands::{evolve, verify_chain, DecisionState, EventRecord};
-use claw_projections::ClusterView;
+use claw_projections::{ClusterView, RowKeys};
 use futures::Stream;
 use openraft::{BasicNode, LogId, StoredMembership};
 use tokio::sync::watch;
@@ -11,8 +11,10 @@ use tokio::sync::watch;
 use crate::checkpoint::{Checkpoint, CheckpointView};
 use crate::db::{decode_json, Db};
 use crate::keys::{decode_u64, show_key, u64_key, SmMetaKey, CF_EVENTS, CF_SM_META};
+use crate::log_node::Checkpoints;
 use crate::log_stats::Counters;
 use crate::telemetry::{add_watcher, WatcherSlot};
+use crate::view_rows::{self, ViewTables};
 use crate::{Error, EventFilter, LogMetrics, LogStats, Result};
 
 /// How many matching records a watcher reads from RocksDB at a time.
@@ -35,8 +37,8 @@ pub(crate) struct Shared {
     /// The last seq whose event is durable in RocksDB.
     pub(crate) watch_tx: watch::Sender<u64>,
     pub(crate) counters: Arc<Counters>,
-    /// A checkpoint is stored every this many events (`LogOptions::checkpoint_every`).
-    pub(crate) checkpoint_every: u64,
+    /// How often checkpoints are stored.
+    pub(crate) every: Checkpoints,
 }
 
 /// The read side of one member's log: the stored event history, the live
@@ -49,7 +51,7 @@ pub struct EventStore {
 impl EventStore {
     /// Loads the state machine from `db`: the newest checkpoint, then a
     /// replay of the events stored after it.
-    pub(crate) fn load(db: Arc<Db>, counters: Arc<Counters>, checkpoint_every: u64) -> Result<EventStore> {
+    pub(crate) fn load(db: Arc<Db>, counters: Arc<Counters>, every: Checkpoints) -> Result<EventStore> {
         let last_applied: Option<LogId<u64>> = db.get_json(CF_SM_META, &SmMetaKey::LastApplied.encode())?;
         let membership: StoredMembership<u64, BasicNode> =
             db.get_json(CF_SM_META, &SmMetaKey::Membership.encode())?.unwrap_or_default();
@@ -87,6 +89,9 @@ impl EventStore {
             view.apply(&rec);
             Ok(true)
         })?;
+        // The row checkpoints on disk may end before the state just loaded
+        // (they are written after the events): the next one stores every row.
+        view.touch_all();
         let oldest_seq = match db.first_key(CF_EVENTS)? {
             Some(k) => {
                 decode_u64(&k).ok_or_else(|| Error::decode(format!("key {CF_EVENTS}/{}", show_key(&k)), "not a u64"))?
@@ -96,9 +101,7 @@ impl EventStore {
         counters.applied_index.store(last_applied.map_or(0, |l| l.index), std::sync::atomic::Ordering::Relaxed);
         let live = Live { decision, view, last_seq, last_hash, oldest_seq, last_applied, membership };
         let (watch_tx, _) = watch::channel(last_seq);
-        Ok(EventStore {
-            shared: Arc::new(Shared { db, live: RwLock::new(live), watch_tx, counters, checkpoint_every }),
-        })
+        Ok(EventStore { shared: Arc::new(Shared { db, live: RwLock::new(live), watch_tx, counters, every }) })
     }
 
     pub(crate) fn read_live(&self) -> RwLockReadGuard<'_, Live> {
@@ -109,8 +112,8 @@ impl EventStore {
         self.shared.live.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn checkpoint_every(&self) -> u64 {
-        self.shared.checkpoint_every
+    pub(crate) fn checkpoints(&self) -> Checkpoints {
+        self.shared.every
     }
 
     pub(crate) fn db(&self) -> &Arc<Db> {
@@ -167,11 +170,36 @@ impl EventStore {
     /// most `checkpoint_every` events after it. Never reads the live state,
     /// so it is exactly the fold of the first `seq` events.
     pub fn view_at(&self, seq: u64) -> Result<ClusterView> {
+        self.view_at_with(seq, ViewTables::ALL)
+    }
+
+    /// [`EventStore::view_at`] for a reader of only the tables `tables`
+    /// names: those are exact, the others hold only the rows the replay
+    /// needed. Loads only those tables' rows from the checkpoint.
+    pub fn view_at_with(&self, seq: u64, tables: ViewTables) -> Result<ClusterView> {
         let last = self.last_seq();
         if seq > last {
             return Err(Error::BeyondEnd { requested: seq, last });
         }
         let db = &self.shared.db;
+        if let Some(at) = view_rows::checkpoint_at_or_before(db, seq)? {
+            let events = if at < seq { self.read_range(at + 1, seq)? } else { Vec::new() };
+            // Rows of other tables the replay changes: workload rows decide
+            // which node rows a workload event frees GPUs on.
+            let mut rows = RowKeys::default();
+            if tables != ViewTables::ALL {
+                for rec in &events {
+                    rows.extend(ClusterView::rows_used_by(&rec.event));
+                }
+            }
+            let mut view = view_rows::load(db, at, tables, &rows)?;
+            for rec in &events {
+                view.apply(rec);
+            }
+            return Ok(view);
+        }
+        // No row checkpoint this early (a history written before they
+        // existed, or younger than K events): the whole-view checkpoints.
         let mut view = match db.last_at_or_before(CF_SM_META, &SmMetaKey::Checkpoint(seq).encode())? {
             Some((k, v)) if SmMetaKey::checkpoint_seq(&k).is_some() => {
                 decode_json::<CheckpointView>(CF_SM_META, &k, &v)?.view

@@ -16,8 +16,13 @@ pub(crate) const CF_DEDUP: &str = "dedup";
 /// Column family holding GPU metric rollups (derived from the events; see `rollup.rs`).
 pub(crate) const CF_ROLLUPS: &str = "rollups";
 
+/// Column family holding row checkpoints of the cluster view: `(table, row
+/// key, seq)` → serde_json row (see `view_rows.rs`).
+pub(crate) const CF_VIEW_ROWS: &str = "view_rows";
+
 /// Every column family of the store, in creation order.
-pub(crate) const ALL_CFS: &[&str] = &[CF_RAFT_LOG, CF_RAFT_META, CF_EVENTS, CF_SM_META, CF_DEDUP, CF_ROLLUPS];
+pub(crate) const ALL_CFS: &[&str] =
+    &[CF_RAFT_LOG, CF_RAFT_META, CF_EVENTS, CF_SM_META, CF_DEDUP, CF_ROLLUPS, CF_VIEW_ROWS];
 
 /// Keys of the `raft_meta` column family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

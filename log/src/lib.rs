@@ -33,6 +33,7 @@ mod snapshot_payload;
 mod state_machine;
 mod telemetry;
 mod type_config;
+mod view_rows;
 
 #[cfg(test)]
 mod decode_tests;
@@ -48,3 +49,4 @@ pub use raft_rpc_service::RaftRpcService;
 pub use rollup::{Resolution, RollupProgress, RollupRow, Stat};
 pub use telemetry::LogMetrics;
 pub use type_config::{ApplyResponse, BatchResponse, ClawRaft, CommandBatch, TypeConfig};
+pub use view_rows::ViewTables;

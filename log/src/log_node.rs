@@ -39,21 +39,30 @@ pub struct LogNode {
 /// machine and the event store over it.
 #[cfg(test)]
 pub(crate) fn open_storage(dir: &Path, checkpoint_every: u64) -> Result<(LogStore, StateMachine, EventStore)> {
-    open_storage_with(dir, checkpoint_every, true)
+    open_storage_with(dir, Checkpoints { rows_every: checkpoint_every, full_every: checkpoint_every }, true)
+}
+
+/// How often the state machine stores checkpoints, in events.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checkpoints {
+    /// Row checkpoints of the view, for past states (`LogOptions::checkpoint_every`).
+    pub(crate) rows_every: u64,
+    /// Whole-state checkpoints, for restarts (`LogOptions::full_checkpoint_every`).
+    pub(crate) full_every: u64,
 }
 
 /// [`open_storage`] with the choice of verifying every table file's checksums.
 pub(crate) fn open_storage_with(
     dir: &Path,
-    checkpoint_every: u64,
+    every: Checkpoints,
     verify_checksums: bool,
 ) -> Result<(LogStore, StateMachine, EventStore)> {
-    if checkpoint_every == 0 {
-        return Err(Error::Storage("checkpoint_every must be at least 1".to_string()));
+    if every.rows_every == 0 || every.full_every == 0 {
+        return Err(Error::Storage("checkpoint_every and full_checkpoint_every must be at least 1".to_string()));
     }
     let db = Db::open(dir, verify_checksums)?;
     let counters = Arc::new(Counters::default());
-    let store = EventStore::load(db.clone(), counters.clone(), checkpoint_every)?;
+    let store = EventStore::load(db.clone(), counters.clone(), every)?;
     let log = LogStore::open(db, counters)?;
     Ok((log, StateMachine::new(store.clone()), store))
 }
@@ -63,7 +72,11 @@ impl LogNode {
     /// gRPC network. The member does nothing until it is initialized or added
     /// to a cluster.
     pub async fn open(opts: LogOptions) -> Result<LogNode> {
-        let (log, sm, store) = open_storage_with(&opts.data_dir, opts.checkpoint_every, opts.verify_checksums_on_open)?;
+        let (log, sm, store) = open_storage_with(
+            &opts.data_dir,
+            Checkpoints { rows_every: opts.checkpoint_every, full_every: opts.full_checkpoint_every },
+            opts.verify_checksums_on_open,
+        )?;
         let config = Config {
             cluster_name: "clawbernetes".to_string(),
             heartbeat_interval: opts.heartbeat_ms,

@@ -20,10 +20,16 @@ pub struct LogOptions {
     pub snapshot_logs_since_last: u64,
     /// Raft entries kept below the last snapshot so lagging followers catch up without it.
     pub max_in_snapshot_log_to_keep: u64,
-    /// A checkpoint of the projections is stored every this many events, so
-    /// the state at any past seq costs one checkpoint load plus at most this
-    /// many events of replay. Smaller is faster to query and costlier to write.
+    /// A checkpoint of the projections' rows is stored every this many
+    /// events, so the state at any past seq costs one checkpoint load plus
+    /// at most this many events of replay. Each stores only the rows that
+    /// changed since the previous one. Smaller is faster to query and
+    /// costlier to write.
     pub checkpoint_every: u64,
+    /// A checkpoint of the whole state (decision state and view) is stored
+    /// every this many events: a restart loads the newest and replays the
+    /// events after it. Each costs a copy of the whole state.
+    pub full_checkpoint_every: u64,
     /// Read every table file and check its block checksums when opening, so
     /// a damaged file stops the start with its name (costs one sequential
     /// read of the database).
@@ -41,7 +47,8 @@ impl Default for LogOptions {
             election_timeout_max_ms: 600,
             snapshot_logs_since_last: 20_000,
             max_in_snapshot_log_to_keep: 1_000,
-            checkpoint_every: 10_000,
+            checkpoint_every: 1_000,
+            full_checkpoint_every: 20_000,
             verify_checksums_on_open: true,
         }
     }

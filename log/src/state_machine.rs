@@ -16,6 +16,7 @@ use crate::event_store::Live;
 use crate::keys::{dedup_key, u64_key, SmMetaKey, CF_DEDUP, CF_EVENTS, CF_SM_META};
 use crate::snapshot_builder::SnapshotBuilder;
 use crate::snapshot_payload::{SnapshotPayload, SnapshotRecord};
+use crate::view_rows;
 use crate::{ApplyResponse, BatchResponse, CommandBatch, Error, EventStore, Result, TypeConfig};
 
 /// The replicated state machine: decides each committed command, seals the
@@ -43,7 +44,7 @@ impl StateMachine {
         let mut membership = None;
 
         // Phase 1: decide and evolve the decision state; build the batch.
-        let (last_seq, last_hash) = {
+        let (published, last_seq, last_hash) = {
             let mut guard = self.store.write_live();
             let live: &mut Live = &mut guard;
             let published = live.last_seq;
@@ -150,10 +151,11 @@ impl StateMachine {
                 }
                 responses.push(BatchResponse(entry_responses));
             }
-            // A checkpoint whenever the batch crosses a multiple of K. Each one
-            // serialises the whole view, so on a large fleet a small K costs
-            // more in writes than it saves in replay.
-            let every = self.store.checkpoint_every();
+            // A whole-state checkpoint (for restarts) whenever the batch
+            // crosses a multiple of its interval. Each one serialises the
+            // whole view and decision state, so these are rare; past states
+            // read the row checkpoints written in phase 3.
+            let every = self.store.checkpoints().full_every;
             if last_seq / every != published / every {
                 let mut view = live.view.clone();
                 for rec in &new_records {
@@ -162,7 +164,7 @@ impl StateMachine {
                 let cp = Checkpoint { last_seq, last_hash: last_hash.clone(), decision: live.decision.clone(), view };
                 batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(last_seq).encode(), encode_json("checkpoint", &cp)?);
             }
-            (last_seq, last_hash)
+            (published, last_seq, last_hash)
         };
         if let Some(log_id) = &last_applied {
             batch.put_cf(&sm_cf, SmMetaKey::LastApplied.encode(), encode_json("last applied log id", log_id)?);
@@ -180,6 +182,21 @@ impl StateMachine {
             let mut live = self.store.write_live();
             for rec in &new_records {
                 live.view.apply(rec);
+            }
+            // A row checkpoint whenever the batch crosses a multiple of K:
+            // the rows changed since the previous one. Written after the
+            // events; a crash between the two loses only this checkpoint
+            // (the restart stores every row at the next one).
+            let every = self.store.checkpoints().rows_every;
+            if last_seq / every != published / every {
+                let changed = live.view.take_touched();
+                let mut rows = WriteBatch::default();
+                let written =
+                    view_rows::put_checkpoint(&db, &mut rows, &live.view, changed).and_then(|()| db.write(rows, false));
+                if let Err(e) = written {
+                    live.view.touch_all();
+                    return Err(e);
+                }
             }
             live.last_seq = last_seq;
             live.last_hash = last_hash;
@@ -256,6 +273,7 @@ impl StateMachine {
         batch.delete_range_cf(&dedup_cf, &[][..], &[0xFFu8][..]);
         let (cp_from, cp_to) = SmMetaKey::checkpoint_range();
         batch.delete_range_cf(&sm_cf, cp_from, cp_to);
+        view_rows::delete_all(&db, &mut batch)?;
         for rec in &payload.events {
             batch.put_cf(&events_cf, u64_key(rec.seq), encode_json("event record", rec)?);
         }
@@ -264,13 +282,17 @@ impl StateMachine {
         }
         // Rebuild the periodic checkpoints the snapshot's history spans, so
         // past states are as cheap to read here as on the member that sent it.
-        let every = self.store.checkpoint_every();
+        let every = self.store.checkpoints();
         let mut decision = claw_commands::DecisionState::default();
         let mut view = claw_projections::ClusterView::default();
         for rec in &payload.events {
             evolve(&mut decision, rec.seq, rec.time_ms, &rec.event);
             view.apply(rec);
-            if rec.seq % every == 0 && rec.seq != cp.last_seq {
+            if rec.seq % every.rows_every == 0 || rec.seq == cp.last_seq {
+                let changed = view.take_touched();
+                view_rows::put_checkpoint(&db, &mut batch, &view, changed)?;
+            }
+            if rec.seq % every.full_every == 0 && rec.seq != cp.last_seq {
                 let periodic = Checkpoint {
                     last_seq: rec.seq,
                     last_hash: rec.hash.clone(),

@@ -1,10 +1,12 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use claw_commands::{
     Actor, Event, EventRecord, GpuHealthResult, GpuSample, NodeCapabilities, Placement, ProposalAction, ProposalStatus,
     WorkloadSpec, WorkloadStatus,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::table::Table;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberRow {
@@ -170,14 +172,43 @@ pub struct ClusterView {
     pub last_seq: u64,
     pub last_hash: String,
     pub last_time_ms: i64,
-    pub members: BTreeMap<u64, MemberRow>,
-    pub nodes: BTreeMap<String, NodeRow>,
-    pub workloads: BTreeMap<String, WorkloadRow>,
-    pub proposals: BTreeMap<String, ProposalRow>,
+    pub members: Table<u64, MemberRow>,
+    pub nodes: Table<String, NodeRow>,
+    pub workloads: Table<String, WorkloadRow>,
+    pub proposals: Table<String, ProposalRow>,
     /// Count of events per kind, for a quick overview.
     pub event_counts: BTreeMap<String, u64>,
     #[serde(default)]
-    pub incidents: BTreeMap<String, IncidentRow>,
+    pub incidents: Table<String, IncidentRow>,
+}
+
+/// Row keys per table of a [`ClusterView`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RowKeys {
+    pub members: BTreeSet<u64>,
+    pub nodes: BTreeSet<String>,
+    pub workloads: BTreeSet<String>,
+    pub proposals: BTreeSet<String>,
+    pub incidents: BTreeSet<String>,
+}
+
+impl RowKeys {
+    /// Adds `other`'s keys to these.
+    pub fn extend(&mut self, other: RowKeys) {
+        self.members.extend(other.members);
+        self.nodes.extend(other.nodes);
+        self.workloads.extend(other.workloads);
+        self.proposals.extend(other.proposals);
+        self.incidents.extend(other.incidents);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+            && self.nodes.is_empty()
+            && self.workloads.is_empty()
+            && self.proposals.is_empty()
+            && self.incidents.is_empty()
+    }
 }
 
 fn who(a: &Actor) -> String {
@@ -471,7 +502,7 @@ impl ClusterView {
                 self.decide_proposal(proposal_id, ProposalStatus::Superseded, rec, reason)
             }
             Event::MemberAdded { member_id, addr, voter } => {
-                let row = self.members.entry(*member_id).or_insert_with(|| MemberRow {
+                let row = self.members.get_or_insert_with(*member_id, || MemberRow {
                     id: *member_id,
                     addr: addr.clone(),
                     voter: *voter,
@@ -499,6 +530,74 @@ impl ClusterView {
         }
     }
 
+    /// The keys of the rows changed since the last call, per table, and
+    /// forgets them (see [`Table::take_touched`]).
+    pub fn take_touched(&mut self) -> RowKeys {
+        RowKeys {
+            members: self.members.take_touched(),
+            nodes: self.nodes.take_touched(),
+            workloads: self.workloads.take_touched(),
+            proposals: self.proposals.take_touched(),
+            incidents: self.incidents.take_touched(),
+        }
+    }
+
+    /// Marks every row of every table touched.
+    pub fn touch_all(&mut self) {
+        self.members.touch_all();
+        self.nodes.touch_all();
+        self.workloads.touch_all();
+        self.proposals.touch_all();
+        self.incidents.touch_all();
+    }
+
+    /// The rows [`ClusterView::apply`] reads or writes for `event`, named by
+    /// the event itself. Applying a workload event may also free GPUs on the
+    /// node the workload row names (not always the event's): a caller that
+    /// loads only these rows must add the nodes of the workloads it loads.
+    pub fn rows_used_by(event: &Event) -> RowKeys {
+        let mut keys = RowKeys::default();
+        match event {
+            Event::NodeRegistered { node: n, .. }
+            | Event::NodeHeartbeat { node: n }
+            | Event::NodeNotReady { node: n, .. }
+            | Event::GpuMetricsObserved { node: n, .. }
+            | Event::NodeDrainRequested { node: n, .. }
+            | Event::GpuHealthChecked { node: n, .. } => {
+                keys.nodes.insert(n.clone());
+            }
+            Event::WorkloadPlaced { node: n, workload_id, .. } => {
+                keys.nodes.insert(n.clone());
+                keys.workloads.insert(workload_id.clone());
+            }
+            Event::WorkloadSubmitted { workload_id, .. }
+            | Event::WorkloadCancelRequested { workload_id, .. }
+            | Event::WorkloadStarted { workload_id, .. }
+            | Event::WorkloadExited { workload_id, .. }
+            | Event::WorkloadUnschedulable { workload_id, .. }
+            | Event::WorkloadLost { workload_id, .. } => {
+                keys.workloads.insert(workload_id.clone());
+            }
+            Event::IncidentOpened { incident_id, .. } | Event::IncidentResolved { incident_id, .. } => {
+                keys.incidents.insert(incident_id.clone());
+            }
+            Event::ProposalCreated { proposal_id, .. }
+            | Event::ProposalApproved { proposal_id, .. }
+            | Event::ProposalRejected { proposal_id, .. }
+            | Event::ProposalSuperseded { proposal_id, .. } => {
+                keys.proposals.insert(proposal_id.clone());
+            }
+            Event::MemberAdded { member_id, .. } => {
+                keys.members.insert(*member_id);
+            }
+            Event::IntentStated { .. }
+            | Event::CommandRejected { .. }
+            | Event::WorkloadLogChunk { .. }
+            | Event::GpuHealthCheckRequested { .. } => {}
+        }
+        keys
+    }
+
     fn decide_proposal(&mut self, id: &str, status: ProposalStatus, rec: &EventRecord, note: &str) {
         if let Some(p) = self.proposals.get_mut(id) {
             p.status = status;
@@ -510,7 +609,7 @@ impl ClusterView {
 }
 
 /// Frees the GPUs a workload holds on its node's row.
-fn release(nodes: &mut BTreeMap<String, NodeRow>, w: &mut WorkloadRow) {
+fn release(nodes: &mut Table<String, NodeRow>, w: &mut WorkloadRow) {
     let gpus = std::mem::take(&mut w.gpu_uuids);
     if let Some(n) = w.node.as_ref().and_then(|n| nodes.get_mut(n)) {
         for uuid in &gpus {

@@ -8,9 +8,11 @@
 
 mod cluster_view;
 mod error;
+mod table;
 
 pub use cluster_view::{
-    ClusterView, GpuRow, HealthCheckRow, IncidentDetail, IncidentRow, MemberRow, NodeRow, ProposalRow, SeenBefore,
-    WorkloadRow, SEEN_BEFORE_MIN_SIMILARITY,
+    ClusterView, GpuRow, HealthCheckRow, IncidentDetail, IncidentRow, MemberRow, NodeRow, ProposalRow, RowKeys,
+    SeenBefore, WorkloadRow, SEEN_BEFORE_MIN_SIMILARITY,
 };
 pub use error::{Error, Result};
+pub use table::Table;
