@@ -1,6 +1,7 @@
 use std::pin::Pin;
 use std::sync::LazyLock;
 
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
@@ -16,9 +17,15 @@ use arrow_flight::{
     Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc,
     Ticket,
 };
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::dataframe::DataFrame;
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use futures::{Stream, TryStreamExt};
 use prost::bytes::Bytes;
 use prost::Message;
@@ -45,7 +52,8 @@ static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
 /// It keeps no state between calls: a ticket or prepared-statement handle
 /// is the SQL text itself, re-planned when it is fetched, so any member can
 /// serve any ticket and nothing leaks when a client goes away. Prepared
-/// statements without parameters are supported (JDBC prepares every query).
+/// statements are supported (JDBC prepares every query), with parameters:
+/// binding values answers a new handle that carries them.
 #[derive(Clone)]
 pub struct FlightSqlServer {
     analytics: Analytics,
@@ -56,12 +64,29 @@ impl FlightSqlServer {
         FlightSqlServer { analytics }
     }
 
-    async fn schema_of(&self, sql: &str) -> Result<SchemaRef, Status> {
-        Ok(self.analytics.plan(sql).await?.schema().inner().clone())
+    /// Plans a statement with its bound parameter values, if any: a wrong
+    /// count or type of values fails here with DataFusion's message.
+    async fn plan(&self, statement: &Prepared) -> Result<DataFrame, Status> {
+        let df = self.analytics.plan(&number_placeholders(&statement.sql)).await?;
+        match &statement.params {
+            None => Ok(df),
+            Some(batch) => {
+                let values = (0..batch.num_columns())
+                    .map(|i| ScalarValue::try_from_array(batch.column(i), 0))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Status::invalid_argument(format!("cannot read the parameter values: {e}")))?;
+                df.with_param_values(values).map_err(|e| Status::from(crate::Error::from(e)))
+            }
+        }
     }
 
-    async fn execute(&self, sql: &str) -> Result<Response<DoGetStream>, Status> {
-        let stream = self.analytics.query_stream(sql).await?;
+    async fn schema_of(&self, statement: &Prepared) -> Result<SchemaRef, Status> {
+        Ok(self.plan(statement).await?.schema().inner().clone())
+    }
+
+    async fn execute(&self, statement: &Prepared) -> Result<Response<DoGetStream>, Status> {
+        let stream =
+            self.plan(statement).await?.execute_stream().await.map_err(|e| Status::from(crate::Error::from(e)))?;
         let schema = stream.schema();
         let batches = stream.map_err(|e| FlightError::ExternalError(Box::new(crate::Error::from(e))));
         Ok(data_stream(schema, batches))
@@ -159,6 +184,77 @@ fn handle_sql(handle: &Bytes) -> Result<String, Status> {
     String::from_utf8(handle.to_vec()).map_err(|_| Status::invalid_argument("statement handle is not UTF-8 SQL text"))
 }
 
+/// `?` placeholders (the DB-API's and JDBC's style) numbered `$1`, `$2`, …
+/// in order, as DataFusion names them; `?` inside quotes stays as it is.
+/// SQL the tokenizer rejects is returned unchanged, for the planner to
+/// explain.
+fn number_placeholders(sql: &str) -> String {
+    if !sql.contains('?') {
+        return sql.to_string();
+    }
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else { return sql.to_string() };
+    let mut n = 0;
+    tokens
+        .into_iter()
+        .map(|t| match t {
+            Token::Placeholder(p) if p == "?" => {
+                n += 1;
+                format!("${n}")
+            }
+            t => t.to_string(),
+        })
+        .collect()
+}
+
+/// Starts a prepared-statement handle that carries bound parameter values
+/// after its SQL (a plain handle is the SQL text, which never starts with NUL).
+const PARAMS_MAGIC: &[u8] = b"\0claw-params-v1\0";
+
+/// A statement as its handle carries it: the SQL and, once the client has
+/// bound them (`DoPut`), one row of parameter values for `$1`, `$2`, … (or `?`).
+#[derive(Debug, Clone, PartialEq)]
+struct Prepared {
+    sql: String,
+    params: Option<RecordBatch>,
+}
+
+impl Prepared {
+    fn sql(sql: String) -> Prepared {
+        Prepared { sql, params: None }
+    }
+
+    /// `MAGIC`, the SQL's length (u32 BE), the SQL, then the values as an
+    /// Arrow IPC stream.
+    fn encode(&self) -> Result<Bytes, Status> {
+        let Some(params) = &self.params else { return Ok(self.sql.clone().into()) };
+        let sql_len =
+            u32::try_from(self.sql.len()).map_err(|_| Status::invalid_argument("the SQL text is too long"))?;
+        let ipc = crate::batches_to_ipc(&params.schema(), std::slice::from_ref(params))?;
+        let mut out = Vec::with_capacity(PARAMS_MAGIC.len() + 4 + self.sql.len() + ipc.len());
+        out.extend_from_slice(PARAMS_MAGIC);
+        out.extend_from_slice(&sql_len.to_be_bytes());
+        out.extend_from_slice(self.sql.as_bytes());
+        out.extend_from_slice(&ipc);
+        Ok(out.into())
+    }
+
+    fn decode(handle: &Bytes) -> Result<Prepared, Status> {
+        let Some(rest) = handle.strip_prefix(PARAMS_MAGIC) else { return Ok(Prepared::sql(handle_sql(handle)?)) };
+        let damaged = |what: &str| Status::invalid_argument(format!("prepared statement handle is damaged: {what}"));
+        let len = rest.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).ok_or_else(|| damaged("no SQL length"))?;
+        let len = u32::from_be_bytes(len) as usize;
+        let sql = rest.get(4..4 + len).ok_or_else(|| damaged("the SQL is cut short"))?;
+        let sql = String::from_utf8(sql.to_vec()).map_err(|_| damaged("the SQL is not UTF-8"))?;
+        let ipc = &rest[4 + len..];
+        let reader = StreamReader::try_new(ipc, None).map_err(|e| damaged(&e.to_string()))?;
+        let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| damaged(&e.to_string()))?;
+        match <[RecordBatch; 1]>::try_from(batches) {
+            Ok([params]) => Ok(Prepared { sql, params: Some(params) }),
+            Err(_) => Err(damaged("expected one batch of parameter values")),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl FlightSqlService for FlightSqlServer {
     type FlightService = FlightSqlServer;
@@ -177,7 +273,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = self.schema_of(&query.query).await?;
+        let schema = self.schema_of(&Prepared::sql(query.query.clone())).await?;
         let ticket = TicketStatementQuery { statement_handle: query.query.into() }.as_any().encode_to_vec();
         flight_info(&schema, ticket, request.into_inner())
     }
@@ -187,7 +283,7 @@ impl FlightSqlService for FlightSqlServer {
         ticket: TicketStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.execute(&handle_sql(&ticket.statement_handle)?).await
+        self.execute(&Prepared::sql(handle_sql(&ticket.statement_handle)?)).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -195,7 +291,7 @@ impl FlightSqlService for FlightSqlServer {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let schema = self.schema_of(&query.query).await?;
+        let schema = self.schema_of(&Prepared::sql(query.query.clone())).await?;
         let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()
             .map_err(|e: datafusion::arrow::error::ArrowError| Status::internal(e.to_string()))?;
@@ -211,7 +307,7 @@ impl FlightSqlService for FlightSqlServer {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = self.schema_of(&handle_sql(&cmd.prepared_statement_handle)?).await?;
+        let schema = self.schema_of(&Prepared::decode(&cmd.prepared_statement_handle)?).await?;
         flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
     }
 
@@ -220,15 +316,37 @@ impl FlightSqlService for FlightSqlServer {
         cmd: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.execute(&handle_sql(&cmd.prepared_statement_handle)?).await
+        self.execute(&Prepared::decode(&cmd.prepared_statement_handle)?).await
     }
 
+    /// Binds parameter values: one row, one column per placeholder. The
+    /// answer is a new handle carrying the SQL and the values, so the
+    /// server stays stateless.
     async fn do_put_prepared_statement_query(
         &self,
-        _query: CommandPreparedStatementQuery,
-        _request: Request<PeekableFlightDataStream>,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        Err(Status::unimplemented("query parameters are not supported yet: put the values in the SQL text"))
+        let Prepared { sql, .. } = Prepared::decode(&query.prepared_statement_handle)?;
+        // `into_peekable` keeps the first message (the schema), which the
+        // dispatcher peeked at to route the call.
+        let data = request.into_inner().into_peekable().map_err(FlightError::from);
+        let batches: Vec<RecordBatch> =
+            FlightRecordBatchStream::new_from_flight_data(data).try_collect().await.map_err(Status::from)?;
+        let Some(first) = batches.first() else {
+            return Err(Status::invalid_argument("no parameter values were sent"));
+        };
+        let params = concat_batches(&first.schema(), &batches)
+            .map_err(|e| Status::invalid_argument(format!("cannot read the parameter values: {e}")))?;
+        if params.num_rows() != 1 {
+            return Err(Status::invalid_argument(format!(
+                "{} rows of parameter values were sent; a query takes exactly one",
+                params.num_rows()
+            )));
+        }
+        let bound = Prepared { sql, params: Some(params) };
+        self.plan(&bound).await?;
+        Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(bound.encode()?) })
     }
 
     async fn do_action_close_prepared_statement(
@@ -331,5 +449,52 @@ impl FlightSqlService for FlightSqlServer {
 impl std::fmt::Debug for FlightSqlServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("FlightSqlServer")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field};
+
+    use super::*;
+
+    #[test]
+    fn question_marks_become_numbered_placeholders_outside_quotes() {
+        assert_eq!(
+            number_placeholders("SELECT seq FROM events WHERE seq > ? AND node = ? AND kind <> '?'"),
+            "SELECT seq FROM events WHERE seq > $1 AND node = $2 AND kind <> '?'"
+        );
+        assert_eq!(number_placeholders("SELECT 1"), "SELECT 1");
+        assert_eq!(number_placeholders("SELECT '?"), "SELECT '?", "left for the planner to reject");
+    }
+
+    #[test]
+    fn handles_carry_the_sql_and_the_bound_values() {
+        let plain = Prepared::sql("SELECT 1".into());
+        assert_eq!(plain.encode().expect("encode"), Bytes::from("SELECT 1"), "a plain handle is the SQL text");
+        assert_eq!(Prepared::decode(&plain.encode().expect("encode")).expect("decode"), plain);
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("$1", DataType::Int64, false),
+            Field::new("$2", DataType::Utf8, false),
+        ]));
+        let values = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![7])), Arc::new(StringArray::from(vec!["gpu-a"]))],
+        )
+        .expect("batch");
+        let bound =
+            Prepared { sql: "SELECT seq FROM events WHERE seq > $1 AND node = $2".into(), params: Some(values) };
+        let handle = bound.encode().expect("encode");
+        assert_eq!(Prepared::decode(&handle).expect("decode"), bound);
+
+        for cut in [PARAMS_MAGIC.len() + 2, PARAMS_MAGIC.len() + 10, handle.len() - 3] {
+            let err = Prepared::decode(&handle.slice(..cut)).expect_err("a damaged handle");
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.message().contains("handle is damaged"), "{}", err.message());
+        }
     }
 }

@@ -147,10 +147,14 @@ async fn replay_sql_and_exports_tell_the_same_history() -> Result<()> {
          cur.execute('SELECT count(*) AS n FROM events')\n\
          n = cur.fetchone()[0]\n\
          cur.execute(\"SELECT name FROM nodes\")\n\
-         print(n, cur.fetchall()[0][0])\n\
+         name = cur.fetchall()[0][0]\n\
+         cur.execute('SELECT count(*) FROM events WHERE seq > ? AND seq <= ?', parameters=(2, 5))\n\
+         bound = cur.fetchone()[0]\n\
+         print(n, name, bound)\n\
          cur.close(); conn.close()",
         &[&addr],
     )?;
-    ensure!(flight == format!("{total} gpu-a"), "Flight SQL answered {flight:?}, the log has {total} events");
+    // The last number is a query with parameters bound by the client: events 3..=5.
+    ensure!(flight == format!("{total} gpu-a 3"), "Flight SQL answered {flight:?}, the log has {total} events");
     Ok(())
 }
