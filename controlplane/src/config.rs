@@ -34,11 +34,11 @@ impl Default for RaftOptions {
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryOptions {
     /// A checkpoint of the projections' changed rows is stored every this
-    /// many events: a past state costs one checkpoint load plus at most
+    /// many events: a past state costs one checkpoint load plus about
     /// this many events of replay. Smaller reads faster and writes more.
     pub checkpoint_every: u64,
     /// A checkpoint of the whole state is stored every this many events: a
-    /// restart loads the newest and replays at most this many events.
+    /// restart loads the newest and replays about this many events.
     pub full_checkpoint_every: u64,
 }
 

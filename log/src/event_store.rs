@@ -1,5 +1,5 @@
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use claw_commands::{evolve, verify_chain, DecisionState, EventRecord};
@@ -39,6 +39,10 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// How often checkpoints are stored.
     pub(crate) every: Checkpoints,
+    /// Odd while a snapshot install rewrites the stored history and its
+    /// checkpoints; bumped twice per install. Past-state reads made of
+    /// several RocksDB reads retry when it moved under them.
+    pub(crate) installs: AtomicU64,
 }
 
 /// The read side of one member's log: the stored event history, the live
@@ -101,7 +105,16 @@ impl EventStore {
         counters.applied_index.store(last_applied.map_or(0, |l| l.index), std::sync::atomic::Ordering::Relaxed);
         let live = Live { decision, view, last_seq, last_hash, oldest_seq, last_applied, membership };
         let (watch_tx, _) = watch::channel(last_seq);
-        Ok(EventStore { shared: Arc::new(Shared { db, live: RwLock::new(live), watch_tx, counters, every }) })
+        Ok(EventStore {
+            shared: Arc::new(Shared {
+                db,
+                live: RwLock::new(live),
+                watch_tx,
+                counters,
+                every,
+                installs: AtomicU64::new(0),
+            }),
+        })
     }
 
     pub(crate) fn read_live(&self) -> RwLockReadGuard<'_, Live> {
@@ -167,7 +180,7 @@ impl EventStore {
 
     /// The cluster view right after event `seq` (the empty view for seq 0):
     /// the nearest stored checkpoint at or before `seq`, plus a replay of at
-    /// most `checkpoint_every` events after it. Never reads the live state,
+    /// about `checkpoint_every` events after it. Never reads the live state,
     /// so it is exactly the fold of the first `seq` events.
     pub fn view_at(&self, seq: u64) -> Result<ClusterView> {
         self.view_at_with(seq, ViewTables::ALL)
@@ -177,6 +190,29 @@ impl EventStore {
     /// names: those are exact, the others hold only the rows the replay
     /// needed. Loads only those tables' rows from the checkpoint.
     pub fn view_at_with(&self, seq: u64, tables: ViewTables) -> Result<ClusterView> {
+        // The checkpoint lookup, its rows and the replay are separate reads:
+        // a snapshot install between them (it rewrites all three) could mix
+        // two histories' checkpoints. Retry until none ran meanwhile.
+        for attempt in 0..10_000u32 {
+            let before = self.shared.installs.load(Ordering::Acquire);
+            if before % 2 == 0 {
+                let view = self.view_at_once(seq, tables);
+                if self.shared.installs.load(Ordering::Acquire) == before {
+                    return view;
+                }
+            }
+            if attempt < 16 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Err(Error::Storage(format!(
+            "the state at seq {seq} could not be read: a snapshot install kept rewriting the history"
+        )))
+    }
+
+    fn view_at_once(&self, seq: u64, tables: ViewTables) -> Result<ClusterView> {
         let last = self.last_seq();
         if seq > last {
             return Err(Error::BeyondEnd { requested: seq, last });

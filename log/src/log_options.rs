@@ -22,7 +22,7 @@ pub struct LogOptions {
     pub max_in_snapshot_log_to_keep: u64,
     /// A checkpoint of the projections' rows is stored every this many
     /// events, so the state at any past seq costs one checkpoint load plus
-    /// at most this many events of replay. Each stores only the rows that
+    /// about this many events of replay. Each stores only the rows that
     /// changed since the previous one. Smaller is faster to query and
     /// costlier to write.
     pub checkpoint_every: u64,

@@ -193,9 +193,11 @@ impl StateMachine {
                 let mut rows = WriteBatch::default();
                 let written =
                     view_rows::put_checkpoint(&db, &mut rows, &live.view, changed).and_then(|()| db.write(rows, false));
+                // Derived data: the events are stored, so apply goes on; past
+                // states replay from the previous checkpoint until the next.
                 if let Err(e) = written {
+                    tracing::warn!(seq = last_seq, error = %e, "could not store a row checkpoint of the view");
                     live.view.touch_all();
-                    return Err(e);
                 }
             }
             live.last_seq = last_seq;
@@ -321,9 +323,11 @@ impl StateMachine {
         batch.put_cf(&sm_cf, SmMetaKey::Membership.encode(), encode_json("membership", &meta.last_membership)?);
         let record = SnapshotRecord { meta: meta.clone(), last_seq: cp.last_seq, last_hash: cp.last_hash.clone() };
         batch.put_cf(&sm_cf, SmMetaKey::Snapshot.encode(), encode_json("snapshot record", &record)?);
-        db.write(batch, true)?;
-
-        {
+        // Past-state readers retry while the generation is odd or moved.
+        let installs = &self.store.shared.installs;
+        installs.fetch_add(1, Ordering::AcqRel);
+        let written = db.write(batch, true);
+        if written.is_ok() {
             let mut live = self.store.write_live();
             live.last_seq = checkpoint.last_seq;
             live.last_hash = checkpoint.last_hash;
@@ -333,6 +337,8 @@ impl StateMachine {
             live.last_applied = meta.last_log_id;
             live.membership = meta.last_membership.clone();
         }
+        installs.fetch_add(1, Ordering::AcqRel);
+        written?;
         self.store.shared.counters.applied_index.store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Relaxed);
         self.store.publish(checkpoint.last_seq);
         Ok(())

@@ -162,14 +162,21 @@ pub(crate) fn checkpoint_at_or_before(db: &Db, seq: u64) -> Result<Option<u64>> 
 /// The view as of the row checkpoint at `at`: the tables `tables` names
 /// complete, plus the single rows `rows` names in the other tables (rows
 /// that did not exist then are left out). Of the view's tables only nodes
-/// depend on another's rows (a workload event frees GPUs on the node its
-/// workload row names), so replaying events on such a view keeps the
-/// named tables exact as long as `rows` holds every row those events use.
+/// depend on another's rows (a workload event takes or frees GPUs on a node
+/// only if its workload row exists, and frees them on the node that row
+/// names), so replaying events on such a view keeps the named tables exact
+/// as long as `rows` holds every row those events name.
 pub(crate) fn load(db: &Db, at: u64, tables: ViewTables, rows: &RowKeys) -> Result<ClusterView> {
     let meta_key = row_key(META, &[], at);
     let meta: ViewMeta = db
         .get_json(CF_VIEW_ROWS, &meta_key)?
         .ok_or_else(|| Error::Storage(format!("the view checkpoint at seq {at} is missing from {CF_VIEW_ROWS}")))?;
+    if meta.last_seq != at {
+        return Err(Error::decode(
+            format!("record {CF_VIEW_ROWS}/{}", show_key(&meta_key)),
+            format!("the view checkpoint says seq {}, its key {at}", meta.last_seq),
+        ));
+    }
     let mut view = ClusterView {
         last_seq: meta.last_seq,
         last_hash: meta.last_hash,
@@ -225,7 +232,8 @@ impl Reader<'_> {
         match (self.it.key(), self.it.value()) {
             (Some(k), Some(v)) => match split(k) {
                 Some((t, rk, _)) if t == table && rk == key => Ok(Some(decode_json(CF_VIEW_ROWS, k, v)?)),
-                _ => Ok(None),
+                Some(_) => Ok(None),
+                None => Err(Error::decode(format!("record {CF_VIEW_ROWS}/{}", show_key(k)), "not a view row key")),
             },
             _ => Ok(None),
         }

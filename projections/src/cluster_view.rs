@@ -553,8 +553,9 @@ impl ClusterView {
 
     /// The rows [`ClusterView::apply`] reads or writes for `event`, named by
     /// the event itself. Applying a workload event may also free GPUs on the
-    /// node the workload row names (not always the event's): a caller that
-    /// loads only these rows must add the nodes of the workloads it loads.
+    /// node the workload row names (not always the event's): a view loaded
+    /// with only these rows keeps exact the tables it holds whole, and the
+    /// workload rows; other node rows may miss such a change.
     pub fn rows_used_by(event: &Event) -> RowKeys {
         let mut keys = RowKeys::default();
         match event {
