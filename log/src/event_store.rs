@@ -195,7 +195,7 @@ impl EventStore {
         // two histories' checkpoints. Retry until none ran meanwhile.
         for attempt in 0..10_000u32 {
             let before = self.shared.installs.load(Ordering::Acquire);
-            if before % 2 == 0 {
+            if before.is_multiple_of(2) {
                 let view = self.view_at_once(seq, tables);
                 if self.shared.installs.load(Ordering::Acquire) == before {
                     return view;
