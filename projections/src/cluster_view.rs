@@ -201,14 +201,6 @@ impl RowKeys {
         self.proposals.extend(other.proposals);
         self.incidents.extend(other.incidents);
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-            && self.nodes.is_empty()
-            && self.workloads.is_empty()
-            && self.proposals.is_empty()
-            && self.incidents.is_empty()
-    }
 }
 
 fn who(a: &Actor) -> String {

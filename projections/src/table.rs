@@ -84,20 +84,6 @@ impl<'a, K: Ord, V> IntoIterator for &'a Table<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V> From<BTreeMap<K, V>> for Table<K, V> {
-    /// A table whose rows all count as touched.
-    fn from(rows: BTreeMap<K, V>) -> Self {
-        let touched = rows.keys().cloned().collect();
-        Table { rows, touched }
-    }
-}
-
-impl<K: Ord + Clone, V> FromIterator<(K, V)> for Table<K, V> {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Table::from(iter.into_iter().collect::<BTreeMap<K, V>>())
-    }
-}
-
 impl<K: Ord, V: PartialEq> PartialEq for Table<K, V> {
     fn eq(&self, other: &Self) -> bool {
         self.rows == other.rows
