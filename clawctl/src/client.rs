@@ -100,8 +100,11 @@ impl Target {
 
     pub fn client_on(&self, channel: Channel) -> Result<Client> {
         let grpc = ClawClient::with_interceptor(channel, ActorInterceptor::new(&self.actor)?)
-            // A page of 1000 events with large payloads can exceed tonic's 4 MiB default.
-            .max_decoding_message_size(64 * 1024 * 1024);
+            // A page of 1000 events with large payloads can exceed tonic's 4 MiB
+            // default, and the whole view of a long history (GetState: every
+            // workload ever submitted, with its placement reasons) reaches
+            // ~70 MiB at 10 M events.
+            .max_decoding_message_size(1 << 30);
         Ok(Client { grpc, consistency: self.consistency() })
     }
 
