@@ -1,6 +1,7 @@
 use std::sync::{Arc, LazyLock};
 
-use claw_commands::EventRecord;
+use claw_commands::{Actor, Event, EventRecord};
+use claw_log::EventHead;
 use datafusion::arrow::array::{
     ArrayBuilder, ArrayRef, RecordBatchOptions, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
 };
@@ -73,30 +74,83 @@ impl Column {
         }
     }
 
-    fn append(self, b: &mut dyn ArrayBuilder, rec: &EventRecord) -> Result<()> {
+    /// Whether the column comes from the event's own fields, which an
+    /// [`EventHead`] leaves out.
+    fn needs_event(self) -> bool {
+        matches!(self, Column::Node | Column::Workload | Column::Payload)
+    }
+
+    fn append(self, b: &mut dyn ArrayBuilder, head: &Head<'_>, event: Option<&Event>) -> Result<()> {
         let any = b.as_any_mut();
+        let event =
+            || event.ok_or_else(|| Error::Encode(format!("column {} needs the whole event", self.field().name())));
         match self {
-            Column::Seq | Column::RaftIndex => {
-                let v = if self == Column::Seq { rec.seq } else { rec.raft_index };
-                downcast::<UInt64Builder>(any).append_value(v);
-            }
-            Column::Time => downcast::<TimestampMillisecondBuilder>(any).append_value(rec.time_ms),
-            Column::Kind => downcast::<StringBuilder>(any).append_value(rec.event.kind()),
-            Column::Actor => downcast::<StringBuilder>(any).append_value(&rec.actor.name),
-            Column::ActorKind => downcast::<StringBuilder>(any).append_value(rec.actor.kind.as_str()),
-            Column::Node => downcast::<StringBuilder>(any).append_option(rec.event.node()),
-            Column::Workload => downcast::<StringBuilder>(any).append_option(rec.event.workload_id()),
-            Column::CommandId => downcast::<StringBuilder>(any).append_value(&rec.command_id),
-            Column::CorrelationId => downcast::<StringBuilder>(any).append_value(&rec.correlation_id),
-            Column::Hash => downcast::<StringBuilder>(any).append_value(&rec.hash),
+            Column::Seq => downcast::<UInt64Builder>(any).append_value(head.seq),
+            Column::RaftIndex => downcast::<UInt64Builder>(any).append_value(head.raft_index),
+            Column::Time => downcast::<TimestampMillisecondBuilder>(any).append_value(head.time_ms),
+            Column::Kind => downcast::<StringBuilder>(any).append_value(head.kind),
+            Column::Actor => downcast::<StringBuilder>(any).append_value(&head.actor.name),
+            Column::ActorKind => downcast::<StringBuilder>(any).append_value(head.actor.kind.as_str()),
+            Column::Node => downcast::<StringBuilder>(any).append_option(event()?.node()),
+            Column::Workload => downcast::<StringBuilder>(any).append_option(event()?.workload_id()),
+            Column::CommandId => downcast::<StringBuilder>(any).append_value(head.command_id),
+            Column::CorrelationId => downcast::<StringBuilder>(any).append_value(head.correlation_id),
+            Column::Hash => downcast::<StringBuilder>(any).append_value(head.hash),
             Column::Payload => {
                 // The event is serialised generically, so new variants show
                 // up here without a change to this crate.
-                let json = serde_json::to_string(&rec.event).map_err(|e| Error::Encode(e.to_string()))?;
+                let json = serde_json::to_string(event()?).map_err(|e| Error::Encode(e.to_string()))?;
                 downcast::<StringBuilder>(any).append_value(json);
             }
         }
         Ok(())
+    }
+}
+
+/// One stored event as a scan read it: whole, or only its head.
+#[derive(Clone, Copy)]
+pub(crate) enum Row<'a> {
+    Record(&'a EventRecord),
+    Head(&'a EventHead),
+}
+
+/// The fields a record and a head share.
+struct Head<'a> {
+    seq: u64,
+    raft_index: u64,
+    time_ms: i64,
+    kind: &'a str,
+    actor: &'a Actor,
+    command_id: &'a str,
+    correlation_id: &'a str,
+    hash: &'a str,
+}
+
+impl<'a> Head<'a> {
+    fn of_record(r: &'a EventRecord) -> Self {
+        Head {
+            seq: r.seq,
+            raft_index: r.raft_index,
+            time_ms: r.time_ms,
+            kind: r.event.kind(),
+            actor: &r.actor,
+            command_id: &r.command_id,
+            correlation_id: &r.correlation_id,
+            hash: &r.hash,
+        }
+    }
+
+    fn of_head(h: &'a EventHead) -> Self {
+        Head {
+            seq: h.seq,
+            raft_index: h.raft_index,
+            time_ms: h.time_ms,
+            kind: &h.event.kind,
+            actor: &h.actor,
+            command_id: &h.command_id,
+            correlation_id: &h.correlation_id,
+            hash: &h.hash,
+        }
     }
 }
 
@@ -127,9 +181,19 @@ impl EventsBatch {
         EventsBatch { cols, rows: 0 }
     }
 
-    pub(crate) fn append(&mut self, rec: &EventRecord) -> Result<()> {
+    /// Whether the columns at `projection` can be filled from
+    /// [`EventHead`]s alone (no node, workload or payload column).
+    pub(crate) fn heads_suffice(projection: &[usize]) -> bool {
+        projection.iter().all(|&i| !COLUMNS[i].needs_event())
+    }
+
+    pub(crate) fn append(&mut self, row: Row<'_>) -> Result<()> {
+        let (head, event) = match row {
+            Row::Record(rec) => (Head::of_record(rec), Some(&rec.event)),
+            Row::Head(h) => (Head::of_head(h), None),
+        };
         for (col, b) in &mut self.cols {
-            col.append(b.as_mut(), rec)?;
+            col.append(b.as_mut(), &head, event)?;
         }
         self.rows += 1;
         Ok(())

@@ -10,7 +10,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
-use crate::events_batch::EventsBatch;
+use crate::events_batch::{EventsBatch, Row};
 use crate::{Error, Result};
 
 /// Records read from the log per page of an export.
@@ -61,7 +61,7 @@ impl ExportFormat {
                 Sink::Parquet(w) => {
                     let mut b = EventsBatch::new(&all);
                     for rec in &page {
-                        b.append(rec)?;
+                        b.append(Row::Record(rec))?;
                     }
                     w.write(&b.finish(EventsBatch::schema())?)?;
                 }

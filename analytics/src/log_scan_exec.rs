@@ -2,7 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use claw_commands::EventRecord;
-use claw_log::EventStore;
+use claw_log::{EventHead, EventStore};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -17,7 +17,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
 };
 
-use crate::events_batch::EventsBatch;
+use crate::events_batch::{EventsBatch, Row};
 use crate::log_scan::SeqRange;
 use crate::metrics_batch::MetricsBatch;
 use crate::scan_stats::{ScanCounters, ScanStatsSink};
@@ -209,14 +209,26 @@ impl Page {
             };
             let store = self.store.clone();
             let filter = range.filter.clone();
-            let recs = tokio::task::spawn_blocking(move || store.events(from, Some(to), want, &filter))
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?
-                .map_err(|e| DataFusionError::External(Box::new(crate::Error::Log(e))))?;
+            // Without node, workload or payload columns or filters, the
+            // events' heads are enough, and far cheaper to decode.
+            let heads = self.shape == RowShape::Events
+                && EventsBatch::heads_suffice(&self.projection)
+                && filter.node.is_none()
+                && filter.workload.is_none();
+            let recs = tokio::task::spawn_blocking(move || {
+                if heads {
+                    store.event_heads(from, Some(to), want, &filter.kinds).map(Rows::Heads)
+                } else {
+                    store.events(from, Some(to), want, &filter).map(Rows::Records)
+                }
+            })
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .map_err(|e| DataFusionError::External(Box::new(crate::Error::Log(e))))?;
             // Seqs are dense and read in order, so what was examined is known
             // exactly: up to the last match when the page filled, else all.
-            let examined_to = match recs.last() {
-                Some(last) if recs.len() == want => last.seq,
+            let examined_to = match recs.last_seq() {
+                Some(last) if recs.len() == want => last,
                 _ => to,
             };
             self.next = examined_to + 1;
@@ -238,27 +250,56 @@ impl Page {
         Ok(None)
     }
 
-    fn build(&self, recs: &[EventRecord], (t0, t1): (i64, i64)) -> crate::Result<RecordBatch> {
+    fn build(&self, rows: &Rows, (t0, t1): (i64, i64)) -> crate::Result<RecordBatch> {
         // The seq range already honours the time bounds when times never
         // decrease; checking each record keeps the answer exact if a clock
         // ever stepped back.
-        let recs = recs.iter().filter(|r| (t0..=t1).contains(&r.time_ms));
-        match self.shape {
-            RowShape::Events => {
+        let in_time = |t: i64| (t0..=t1).contains(&t);
+        match (self.shape, rows) {
+            (RowShape::Events, rows) => {
                 let mut b = EventsBatch::new(&self.projection);
-                for r in recs.take(self.remaining) {
+                let rows: Box<dyn Iterator<Item = Row<'_>>> = match rows {
+                    Rows::Records(recs) => Box::new(recs.iter().filter(|r| in_time(r.time_ms)).map(Row::Record)),
+                    Rows::Heads(heads) => Box::new(heads.iter().filter(|h| in_time(h.time_ms)).map(Row::Head)),
+                };
+                for r in rows.take(self.remaining) {
                     b.append(r)?;
                 }
                 b.finish(self.schema.clone())
             }
-            RowShape::GpuSamples => {
+            (RowShape::GpuSamples, Rows::Heads(_)) => {
+                Err(crate::Error::Encode("the metrics table needs whole events".to_string()))
+            }
+            (RowShape::GpuSamples, Rows::Records(recs)) => {
                 let mut b = MetricsBatch::default();
-                for r in recs {
+                for r in recs.iter().filter(|r| in_time(r.time_ms)) {
                     b.append(r);
                 }
                 let batch = b.finish(&self.projection, self.schema.clone())?;
                 Ok(batch.slice(0, batch.num_rows().min(self.remaining)))
             }
+        }
+    }
+}
+
+/// A page of the log as read: whole records, or only their heads.
+enum Rows {
+    Records(Vec<EventRecord>),
+    Heads(Vec<EventHead>),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Records(r) => r.len(),
+            Rows::Heads(h) => h.len(),
+        }
+    }
+
+    fn last_seq(&self) -> Option<u64> {
+        match self {
+            Rows::Records(r) => r.last().map(|r| r.seq),
+            Rows::Heads(h) => h.last().map(|h| h.seq),
         }
     }
 }

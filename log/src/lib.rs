@@ -38,9 +38,10 @@ mod view_rows;
 #[cfg(test)]
 mod decode_tests;
 
+pub use claw_projections::ViewTables;
 pub use error::{Error, Result};
 pub use event_filter::EventFilter;
-pub use event_store::EventStore;
+pub use event_store::{EventHead, EventKind, EventStore};
 pub use log_node::LogNode;
 pub use log_options::LogOptions;
 pub use log_stats::LogStats;
@@ -49,4 +50,3 @@ pub use raft_rpc_service::RaftRpcService;
 pub use rollup::{Resolution, RollupProgress, RollupRow, Stat};
 pub use telemetry::LogMetrics;
 pub use type_config::{ApplyResponse, BatchResponse, ClawRaft, CommandBatch, TypeConfig};
-pub use view_rows::ViewTables;

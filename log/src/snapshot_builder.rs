@@ -9,6 +9,7 @@ use crate::checkpoint::Checkpoint;
 use crate::db::encode_json;
 use crate::keys::{SmMetaKey, CF_SM_META};
 use crate::snapshot_payload::SnapshotRecord;
+use crate::view_rows;
 use crate::{EventStore, Result, TypeConfig};
 
 /// Builds a snapshot of the state captured when openraft asked for a
@@ -52,6 +53,21 @@ impl SnapshotBuilder {
         let db = self.store.db().clone();
         let sm_cf = db.cf(CF_SM_META)?;
         let mut batch = WriteBatch::default();
+        // Whole-state checkpoints serve restarts (the newest) and snapshots
+        // (the one a snapshot record names); past states read the row
+        // checkpoints wherever those exist. Each copies the whole state, so
+        // the ones from the first row checkpoint up to the previous
+        // snapshot's (kept: a member may be sending it right now) go.
+        let previous: Option<SnapshotRecord> = db.get_json(CF_SM_META, &SmMetaKey::Snapshot.encode())?;
+        if let (Some(previous), Some(first_rows)) = (previous, view_rows::first_checkpoint(&db)?) {
+            if first_rows < previous.last_seq && previous.last_seq <= self.checkpoint.last_seq {
+                batch.delete_range_cf(
+                    &sm_cf,
+                    SmMetaKey::Checkpoint(first_rows).encode(),
+                    SmMetaKey::Checkpoint(previous.last_seq).encode(),
+                );
+            }
+        }
         batch.put_cf(
             &sm_cf,
             SmMetaKey::Checkpoint(self.checkpoint.last_seq).encode(),

@@ -283,7 +283,9 @@ impl StateMachine {
             batch.put_cf(&dedup_cf, dedup_key(&row.command_id), encode_json("dedup row", row)?);
         }
         // Rebuild the periodic checkpoints the snapshot's history spans, so
-        // past states are as cheap to read here as on the member that sent it.
+        // past states are as cheap to read here as on the member that sent
+        // it: row checkpoints all along, whole-state ones only where no row
+        // checkpoint precedes them (past states read nothing else there).
         let every = self.store.checkpoints();
         let mut decision = claw_commands::DecisionState::default();
         let mut view = claw_projections::ClusterView::default();
@@ -294,7 +296,7 @@ impl StateMachine {
                 let changed = view.take_touched();
                 view_rows::put_checkpoint(&db, &mut batch, &view, changed)?;
             }
-            if rec.seq % every.full_every == 0 && rec.seq != cp.last_seq {
+            if rec.seq % every.full_every == 0 && rec.seq < every.rows_every && rec.seq != cp.last_seq {
                 let periodic = Checkpoint {
                     last_seq: rec.seq,
                     last_hash: rec.hash.clone(),

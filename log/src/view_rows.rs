@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use claw_projections::{ClusterView, RowKeys, Table};
+use claw_projections::{ClusterView, RowKeys, Table, ViewTables};
 use rocksdb::WriteBatch;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -37,22 +37,6 @@ struct ViewMeta {
     last_hash: String,
     last_time_ms: i64,
     event_counts: BTreeMap<String, u64>,
-}
-
-/// Which tables of the view a reader needs complete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ViewTables {
-    pub members: bool,
-    pub nodes: bool,
-    pub workloads: bool,
-    pub proposals: bool,
-    pub incidents: bool,
-}
-
-impl ViewTables {
-    /// Every table: the whole view.
-    pub const ALL: ViewTables =
-        ViewTables { members: true, nodes: true, workloads: true, proposals: true, incidents: true };
 }
 
 /// A row key as stored: members by id (u64 BE), the others by their UTF-8 key.
@@ -157,6 +141,19 @@ pub(crate) fn checkpoint_at_or_before(db: &Db, seq: u64) -> Result<Option<u64>> 
         },
         None => None,
     })
+}
+
+/// The seq of the oldest row checkpoint, if any: past states at or after it
+/// never read a whole-state checkpoint.
+pub(crate) fn first_checkpoint(db: &Db) -> Result<Option<u64>> {
+    let mut first = None;
+    db.scan(CF_VIEW_ROWS, &row_key(META, &[], 0), |k, _| {
+        if let Some((META, [], c)) = split(k) {
+            first = Some(c);
+        }
+        Ok(false)
+    })?;
+    Ok(first)
 }
 
 /// The view as of the row checkpoint at `at`: the tables `tables` names

@@ -267,10 +267,7 @@ impl ClusterView {
 
     /// Folds one stored event into the view.
     pub fn apply(&mut self, rec: &EventRecord) {
-        self.last_seq = rec.seq;
-        self.last_hash = rec.hash.clone();
-        self.last_time_ms = rec.time_ms;
-        *self.event_counts.entry(rec.event.kind().to_string()).or_default() += 1;
+        self.apply_scalars(rec.seq, rec.time_ms, &rec.hash, rec.event.kind());
         let t = rec.time_ms;
         let seq = rec.seq;
         match &rec.event {
@@ -519,6 +516,21 @@ impl ClusterView {
             | Event::CommandRejected { .. }
             | Event::WorkloadLogChunk { .. }
             | Event::GpuHealthCheckRequested { .. } => {}
+        }
+    }
+
+    /// Folds an event of `kind` into the view's scalars (position, hash,
+    /// time, event counts) and not into its tables: for a reader that needs
+    /// only tables [`crate::ViewTables::changed_by`] says this kind leaves alone.
+    pub fn apply_scalars(&mut self, seq: u64, time_ms: i64, hash: &str, kind: &str) {
+        self.last_seq = seq;
+        hash.clone_into(&mut self.last_hash);
+        self.last_time_ms = time_ms;
+        match self.event_counts.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                self.event_counts.insert(kind.to_string(), 1);
+            }
         }
     }
 

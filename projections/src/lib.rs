@@ -9,6 +9,7 @@
 mod cluster_view;
 mod error;
 mod table;
+mod view_tables;
 
 pub use cluster_view::{
     ClusterView, GpuRow, HealthCheckRow, IncidentDetail, IncidentRow, MemberRow, NodeRow, ProposalRow, RowKeys,
@@ -16,3 +17,4 @@ pub use cluster_view::{
 };
 pub use error::{Error, Result};
 pub use table::Table;
+pub use view_tables::ViewTables;

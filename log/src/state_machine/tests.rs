@@ -13,9 +13,11 @@ use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilde
 use tempfile::TempDir;
 
 use super::StateMachine;
+use crate::keys::{SmMetaKey, CF_SM_META};
 use crate::log_node::{open_storage, open_storage_with, Checkpoints};
 use crate::log_store::LogStore;
-use crate::view_rows::{self, ViewTables};
+use crate::view_rows;
+use crate::ViewTables;
 use crate::{ApplyResponse, BatchResponse, CommandBatch, Error, EventFilter, EventStore, TypeConfig};
 
 /// Small enough that the tests' histories cross several checkpoints.
@@ -476,7 +478,17 @@ proptest::proptest! {
             for seq in 0..=events.len() {
                 let (_, expected) = fold(&events[..seq]);
                 assert_eq!(store.view_at(seq as u64).expect("view_at"), expected, "seq {seq}, {every:?}");
-                let at = |tables| store.view_at_with(seq as u64, tables).expect("view_at_with");
+                let at = |tables| {
+                    let v = store.view_at_with(seq as u64, tables).expect("view_at_with");
+                    // The scalars are exact too, however few events the replay decoded.
+                    let scalars = (v.last_seq, &v.last_hash, v.last_time_ms, &v.event_counts);
+                    assert_eq!(
+                        scalars,
+                        (expected.last_seq, &expected.last_hash, expected.last_time_ms, &expected.event_counts),
+                        "seq {seq}, {tables:?}"
+                    );
+                    v
+                };
                 assert_eq!(at(ViewTables { members: true, ..none }).members, expected.members, "seq {seq}");
                 assert_eq!(at(ViewTables { nodes: true, ..none }).nodes, expected.nodes, "seq {seq}");
                 assert_eq!(at(ViewTables { workloads: true, ..none }).workloads, expected.workloads, "seq {seq}");
@@ -632,4 +644,64 @@ async fn row_checkpoints_store_changed_rows_and_stay_exact_across_restarts() {
         let (_, expected) = fold(&events[..seq]);
         assert_eq!(store.view_at(seq as u64).expect("view_at"), expected, "seq {seq}");
     }
+}
+
+/// The seqs of the whole-state checkpoints stored in `store`.
+fn whole_state_checkpoints(store: &EventStore) -> Vec<u64> {
+    let (from, _) = SmMetaKey::checkpoint_range();
+    let mut seqs = Vec::new();
+    store
+        .db()
+        .scan(CF_SM_META, &from, |k, _| {
+            let seq = SmMetaKey::checkpoint_seq(k);
+            seqs.extend(seq);
+            Ok(seq.is_some())
+        })
+        .expect("scan checkpoints");
+    seqs
+}
+
+/// A snapshot drops the whole-state checkpoints that no reader needs any
+/// more (each is a copy of the whole state): past states read the row
+/// checkpoints, a restart the newest, a member catching up the previous
+/// snapshot's. Past states, restarts and snapshots stay exact.
+#[tokio::test]
+async fn snapshots_drop_the_whole_state_checkpoints_nothing_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let every = Checkpoints { rows_every: 10, full_every: 25 };
+    let mut snapshot_seqs = Vec::new();
+    {
+        let (_log, mut sm, store) = open_storage_with(dir.path(), every, true).expect("open");
+        let mut g = Gen(7);
+        let mut index = 0u64;
+        for _ in 0..3 {
+            for _ in 0..150 {
+                index += 1;
+                let env = envelope(&mut g, index, store.last_seq());
+                sm.apply(vec![normal(index, env)]).await.expect("apply");
+            }
+            sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+            snapshot_seqs.push(store.last_seq());
+        }
+        let kept = whole_state_checkpoints(&store);
+        let first_rows = view_rows::first_checkpoint(store.db()).expect("first").expect("row checkpoints");
+        assert!(first_rows <= every.rows_every + 30, "a row checkpoint near the start: {first_rows}");
+        assert!(
+            kept.iter().all(|&s| s < first_rows || s >= snapshot_seqs[1]),
+            "kept {kept:?}, snapshots {snapshot_seqs:?}"
+        );
+        assert!(kept.contains(&snapshot_seqs[1]) && kept.contains(&snapshot_seqs[2]), "{kept:?}");
+        let events = all_events(&store);
+        assert!(events.len() > 300, "{}", events.len());
+        for seq in 0..=events.len() {
+            let (_, expected) = fold(&events[..seq]);
+            assert_eq!(store.view_at(seq as u64).expect("view_at"), expected, "seq {seq}");
+        }
+        let current = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
+        assert_eq!(current.meta.snapshot_id.rsplit("seq").next(), Some(snapshot_seqs[2].to_string().as_str()));
+    }
+    // A restart loads the newest whole-state checkpoint and replays the rest.
+    let (_log, _sm, store) = open_storage_with(dir.path(), every, true).expect("reopen");
+    let (decision, view) = fold(&all_events(&store));
+    assert_eq!((store.decision(), store.view()), (decision, view));
 }
