@@ -31,18 +31,21 @@ CTL=("$BIN/clawctl" --server "127.0.0.1:$PORT")
 
 "${CTL[@]}" -o json bench history --events "$EVENTS" --samples "$SAMPLES" >"$WORK/ours.json"
 rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+data_kb=$(du -sk "$WORK/data" | cut -f1)
 t0=$(date +%s.%N)
 "${CTL[@]}" export events --format parquet --file "$WORK/events.parquet" >&2
 export_s=$(echo "$(date +%s.%N) - $t0" | bc)
 last=$(python3 -c "import json;print(json.load(open('$WORK/ours.json'))['events'])")
 asof=$((last / 2))
 "${CTL[@]}" -o json sql "SELECT status, count(*) AS n FROM workloads_at($asof) GROUP BY status ORDER BY status" >"$WORK/ours_asof.json"
+# The peak over the whole run: generation, queries and the export.
+hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 
-python3 - "$WORK" "$asof" "$rss_kb" "$hwm_kb" "$export_s" <<'PY'
+python3 - "$WORK" "$asof" "$rss_kb" "$hwm_kb" "$export_s" "$data_kb" <<'PY'
 import json, sys, time
 import duckdb
 work, asof, rss_kb, hwm_kb, export_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+data_kb = int(sys.argv[6])
 ours = json.load(open(f"{work}/ours.json"))
 con = duckdb.connect()
 con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{work}/events.parquet')")
@@ -77,6 +80,7 @@ print(json.dumps({
     "ours": ours,
     "clawd_rss_mib": round(rss_kb / 1024), "clawd_peak_rss_mib": round(hwm_kb / 1024),
     "export_parquet_s": round(export_s, 2),
+    "data_dir_gib": round(data_kb / 1024 / 1024, 2),
     "duckdb": {
         "version": duckdb.__version__, "rows": n,
         "full_scan_ms": round(full_s * 1000, 1), "full_scan_rows_per_s": round(n / full_s),

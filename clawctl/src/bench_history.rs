@@ -154,7 +154,10 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         bail!("--nodes and --clients must be at least 1");
     }
     let client = target.connect().await?;
-    let start_seq = client.get_state(None).await?.seq;
+    // The position only: GetState would ship the whole view each time
+    // (tens of MiB on a long history).
+    let seq_now = async || -> Result<u64> { Ok(client.cluster_status().await?.last_seq) };
+    let start_seq = seq_now().await?;
 
     // Generate: register the nodes, then the mix, `clients` in flight.
     let started = Instant::now();
@@ -166,15 +169,15 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         errors += e;
         let target_seq = start_seq + args.events;
         let mut next = 0u64;
-        while client.get_state(None).await?.seq < target_seq {
-            let have = client.get_state(None).await?.seq;
+        while seq_now().await? < target_seq {
+            let have = seq_now().await?;
             // Placements add events of their own, so go in rounds.
             let round = (target_seq - have).min(200_000);
             let commands: Vec<Command> = (next..next + round).map(|i| command_for(i, args.nodes)).collect();
             next += round;
             let (e, _) = submit_all(&client, args.clients, commands).await;
             errors += e;
-            eprintln!("generated up to seq {}", client.get_state(None).await?.seq);
+            eprintln!("generated up to seq {}", seq_now().await?);
         }
         if let Some(first) = first {
             eprintln!("first error: {first}");
