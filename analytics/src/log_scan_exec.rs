@@ -58,6 +58,8 @@ pub(crate) struct LogScanExec {
     shape: RowShape,
     /// `None`: no event can match the filters.
     range: Option<SeqRange>,
+    /// Reads only the events' heads ([`claw_log::EventHead`]), not their fields.
+    heads_only: bool,
     projection: Vec<usize>,
     schema: SchemaRef,
     limit: Option<usize>,
@@ -90,10 +92,16 @@ impl LogScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
+        // Without node, workload or payload columns or filters, the events'
+        // heads are enough, and far cheaper to decode.
+        let heads_only = shape == RowShape::Events
+            && EventsBatch::heads_suffice(&projection)
+            && range.as_ref().is_none_or(|r| r.filter.node.is_none() && r.filter.workload.is_none());
         Ok(LogScanExec {
             store,
             shape,
             range,
+            heads_only,
             projection,
             schema,
             limit,
@@ -113,6 +121,9 @@ impl DisplayAs for LogScanExec {
         }
         if let Some(l) = self.limit {
             write!(f, ", limit={l}")?;
+        }
+        if self.heads_only {
+            write!(f, ", read=heads")?;
         }
         Ok(())
     }
@@ -153,6 +164,7 @@ impl ExecutionPlan for LogScanExec {
             shape: self.shape,
             next: self.range.as_ref().map_or(1, |r| r.from),
             range: self.range.clone(),
+            heads_only: self.heads_only,
             remaining: self.limit.unwrap_or(usize::MAX),
             batch_rows: context.session_config().batch_size().max(1),
             projection: self.projection.clone(),
@@ -183,6 +195,7 @@ struct Page {
     store: EventStore,
     shape: RowShape,
     range: Option<SeqRange>,
+    heads_only: bool,
     /// The first seq not examined yet.
     next: u64,
     remaining: usize,
@@ -209,12 +222,7 @@ impl Page {
             };
             let store = self.store.clone();
             let filter = range.filter.clone();
-            // Without node, workload or payload columns or filters, the
-            // events' heads are enough, and far cheaper to decode.
-            let heads = self.shape == RowShape::Events
-                && EventsBatch::heads_suffice(&self.projection)
-                && filter.node.is_none()
-                && filter.workload.is_none();
+            let heads = self.heads_only;
             let recs = tokio::task::spawn_blocking(move || {
                 if heads {
                     store.event_heads(from, Some(to), want, &filter.kinds).map(Rows::Heads)

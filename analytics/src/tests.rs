@@ -245,8 +245,22 @@ async fn head_columns_read_without_the_payload_match_whole_records() -> anyhow::
     let f = Fixture::start().await?;
     let a = &f.analytics;
     let head = "seq, time, kind, actor, actor_kind, command_id, correlation_id, raft_index, hash";
-    let heads_only = one_batch(a, &format!("SELECT {head} FROM events WHERE kind <> 'IntentStated'")).await?;
-    let whole = one_batch(a, &format!("SELECT {head}, payload FROM events WHERE kind <> 'IntentStated'")).await?;
+    let sql = |cols: &str| format!("SELECT {cols} FROM events WHERE kind <> 'IntentStated' ORDER BY seq");
+    let plan = |sql: String| async move {
+        let batch = one_batch(a, &format!("EXPLAIN {sql}")).await?;
+        let text: Vec<String> = batch
+            .columns()
+            .iter()
+            .flat_map(|c| c.as_string::<i32>().iter().flatten().map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        Ok::<_, anyhow::Error>(text.join("\n"))
+    };
+    assert!(plan(sql(head)).await?.contains("read=heads"), "{}", plan(sql(head)).await?);
+    let with_payload = format!("{head}, payload");
+    assert!(!plan(sql(&with_payload)).await?.contains("read=heads"));
+    assert!(!plan("SELECT seq FROM events WHERE node = 'gpu-a'".into()).await?.contains("read=heads"));
+    let heads_only = one_batch(a, &sql(head)).await?;
+    let whole = one_batch(a, &sql(&with_payload)).await?;
     let whole = whole.project(&(0..heads_only.num_columns()).collect::<Vec<_>>())?;
     assert_eq!(heads_only, whole);
     let records: Vec<EventRecord> =
@@ -258,7 +272,7 @@ async fn head_columns_read_without_the_payload_match_whole_records() -> anyhow::
         assert_eq!((kinds.value(i), hashes.value(i)), (r.event.kind(), r.hash.as_str()), "row {i}");
     }
     // Kinds pushed into a heads-only scan still filter it.
-    let by_kind = one_batch(a, "SELECT seq, kind FROM events WHERE kind = 'GpuMetricsObserved'").await?;
+    let by_kind = one_batch(a, "SELECT seq, kind FROM events WHERE kind = 'GpuMetricsObserved' ORDER BY seq").await?;
     let want = records.iter().filter(|r| r.event.kind() == "GpuMetricsObserved").count();
     assert_eq!(by_kind.num_rows(), want);
     f.stop().await

@@ -82,6 +82,13 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String, Status> {
     serde_json::to_string(v).map_err(|e| Status::internal(format!("encoding the answer failed: {e}")))
 }
 
+fn past_state_error(e: claw_log::Error) -> Status {
+    match e {
+        claw_log::Error::BeyondEnd { .. } | claw_log::Error::Compacted { .. } => Status::out_of_range(e.to_string()),
+        other => Status::internal(format!("reading past state failed: {other}")),
+    }
+}
+
 /// Where a request that needs the leader should go.
 enum Route {
     Here,
@@ -439,30 +446,26 @@ impl Claw for ClawApi {
         }
         let at = req.into_inner().at;
         let store = self.node.store.clone();
-        // A past state is a checkpoint load plus a bounded replay: blocking IO.
-        let (view, last_seq) = tokio::task::spawn_blocking(move || {
+        // A past state is a checkpoint load plus a bounded replay: blocking
+        // IO; encoding a long history's view takes a while too.
+        let response = tokio::task::spawn_blocking(move || {
             let last_seq = store.last_seq();
             let seq = match at {
                 None => last_seq,
                 Some(v1::get_state_request::At::Seq(seq)) => seq,
-                Some(v1::get_state_request::At::TimeMs(t)) => store.seq_at_time(t)?,
+                Some(v1::get_state_request::At::TimeMs(t)) => store.seq_at_time(t).map_err(past_state_error)?,
             };
-            store.view_at(seq).map(|v| (v, last_seq))
+            let view = store.view_at(seq).map_err(past_state_error)?;
+            Ok::<_, Status>(v1::GetStateResponse {
+                view_json: to_json(&view)?,
+                seq: view.last_seq,
+                time_ms: view.last_time_ms,
+                last_seq,
+            })
         })
         .await
-        .map_err(|e| Status::internal(format!("state read task failed: {e}")))?
-        .map_err(|e| match e {
-            claw_log::Error::BeyondEnd { .. } | claw_log::Error::Compacted { .. } => {
-                Status::out_of_range(e.to_string())
-            }
-            other => Status::internal(format!("reading past state failed: {other}")),
-        })?;
-        Ok(Response::new(v1::GetStateResponse {
-            view_json: to_json(&view)?,
-            seq: view.last_seq,
-            time_ms: view.last_time_ms,
-            last_seq,
-        }))
+        .map_err(|e| Status::internal(format!("state read task failed: {e}")))??;
+        Ok(Response::new(response))
     }
 
     type QueryStream = QueryStream;

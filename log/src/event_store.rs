@@ -232,7 +232,14 @@ impl EventStore {
             // their fold reads) are decoded whole; the rest move the view's
             // scalars. Of other tables, only the rows those events read.
             let needed = tables.with_dependencies();
-            let replay = self.read_range_for(at + 1, seq, needed)?;
+            // Node events (heartbeats, GPU samples) are most of a fleet's
+            // history: a reader of nodes decodes every event whole once
+            // rather than most of them twice.
+            let replay = if needed.nodes {
+                self.read_range(at + 1, seq)?.into_iter().map(Replayed::Event).collect()
+            } else {
+                self.read_range_for(at + 1, seq, needed)?
+            };
             let mut rows = RowKeys::default();
             for step in &replay {
                 if let Replayed::Event(rec) = step {
@@ -277,7 +284,7 @@ impl EventStore {
         }
         let time_of = |seq: u64| -> Result<i64> {
             let key = u64_key(seq);
-            let rec: EventRecord = self.shared.db.get_json(CF_EVENTS, &key)?.ok_or_else(|| {
+            let rec: EventHead = self.shared.db.get_json(CF_EVENTS, &key)?.ok_or_else(|| {
                 Error::Storage(format!("event {seq} is missing from {}", self.shared.db.path().display()))
             })?;
             Ok(rec.time_ms)
