@@ -33,6 +33,13 @@ fn cf_options(name: &str) -> Options {
     opts
 }
 
+/// A WAL file can be deleted only once every column family's data in it is
+/// flushed; a family written rarely (the raft vote) would otherwise keep
+/// every WAL since its last write, so the WAL grew with the whole history
+/// (4.5 GB at 1 M events) and a restart replayed all of it. Past this
+/// total, RocksDB flushes the families holding the oldest WAL.
+const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
+
 /// A stored `(key, value)` pair.
 pub(crate) type KeyValue = (Box<[u8]>, Box<[u8]>);
 
@@ -48,6 +55,10 @@ impl Db {
     /// checksum checked before the database is used, so a damaged file is
     /// named at start-up instead of failing a read later.
     pub(crate) fn open(path: &Path, verify_checksums: bool) -> Result<Arc<Db>> {
+        Db::open_with_wal_limit(path, verify_checksums, MAX_TOTAL_WAL_BYTES)
+    }
+
+    fn open_with_wal_limit(path: &Path, verify_checksums: bool, max_wal: u64) -> Result<Arc<Db>> {
         std::fs::create_dir_all(path)
             .map_err(|e| Error::Storage(format!("cannot create data directory {}: {e}", path.display())))?;
         let mut opts = Options::default();
@@ -59,6 +70,7 @@ impl Db {
         // else in the WAL stops the open instead of silently cutting the history
         // short (RocksDB's default, point-in-time recovery, would).
         opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+        opts.set_max_total_wal_size(max_wal);
         let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
         let inner = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| corrupt_or_unreadable(path, &e))?;
         let db = Db { inner, path: path.to_path_buf() };
@@ -257,6 +269,37 @@ mod tests {
         let raw = table_property(&props, "raw value size").expect("raw value size");
         let stored = table_property(&props, "data block size").expect("data block size");
         assert!(stored * 2 < raw, "JSON values should shrink at least twofold: {stored} bytes stored for {raw}");
+    }
+
+    /// A family written once (like the raft vote) does not keep every later
+    /// WAL file alive.
+    #[test]
+    fn wal_files_do_not_pile_up_behind_a_quiet_column_family() {
+        use crate::keys::CF_RAFT_META;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limit = 4 << 20;
+        let db = Db::open_with_wal_limit(dir.path(), true, limit).expect("open");
+        let mut once = WriteBatch::default();
+        once.put_cf(&db.cf(CF_RAFT_META).expect("cf"), b"vote", b"{}");
+        db.write(once, true).expect("write");
+        for i in 0..48u64 {
+            let mut batch = WriteBatch::default();
+            let cf = db.cf(CF_EVENTS).expect("cf");
+            for j in 0..64u64 {
+                let value: Vec<u8> = (0..16_384u64).map(|k| ((i * 64 + j) * 7 + k * k) as u8).collect();
+                batch.put_cf(&cf, (i * 64 + j).to_be_bytes(), value);
+            }
+            drop(cf);
+            db.write(batch, false).expect("write");
+        }
+        let wal_bytes: u64 = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum();
+        assert!(wal_bytes < 4 * limit, "{wal_bytes} bytes of WAL for 48 MiB written with a {limit}-byte limit");
+        assert!(db.get_raw(CF_RAFT_META, b"vote").expect("read").is_some());
     }
 
     /// A database with a few MiB of events flushed to table files; returns the largest one.
