@@ -236,7 +236,7 @@ impl EventStore {
             // history: a reader of nodes decodes every event whole once
             // rather than most of them twice.
             let replay = if needed.nodes {
-                self.read_range(at + 1, seq)?.into_iter().map(Replayed::Event).collect()
+                self.read_range(at + 1, seq)?.into_iter().map(|rec| Replayed::Event(Box::new(rec))).collect()
             } else {
                 self.read_range_for(at + 1, seq, needed)?
             };
@@ -360,7 +360,7 @@ impl EventStore {
         kinds: &[String],
     ) -> Result<Vec<EventHead>> {
         let (from, to, limit) = self.read_bounds(from_seq, to_seq, limit)?;
-        let wanted = |h: &EventHead| kinds.is_empty() || kinds.iter().any(|k| *k == h.event.kind);
+        let wanted = |h: &EventHead| kinds.is_empty() || kinds.contains(&h.event.kind);
         Ok(self.scan_as(from, to, limit, wanted)?.0)
     }
 
@@ -427,7 +427,7 @@ impl EventStore {
                     )));
                 }
                 out.push(if ViewTables::changed_by(&head.event.kind).intersects(tables) {
-                    Replayed::Event(decode_json(CF_EVENTS, k, v)?)
+                    Replayed::Event(Box::new(decode_json(CF_EVENTS, k, v)?))
                 } else {
                     Replayed::Skipped(head)
                 });
@@ -539,7 +539,7 @@ pub struct EventKind {
 
 /// One step of a past-state replay.
 enum Replayed {
-    Event(EventRecord),
+    Event(Box<EventRecord>),
     Skipped(EventHead),
 }
 
