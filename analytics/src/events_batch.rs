@@ -80,22 +80,22 @@ impl Column {
         matches!(self, Column::Node | Column::Workload | Column::Payload)
     }
 
-    fn append(self, b: &mut dyn ArrayBuilder, head: &Head<'_>, event: Option<&Event>) -> Result<()> {
+    fn append(self, b: &mut dyn ArrayBuilder, row: &Row<'_>) -> Result<()> {
         let any = b.as_any_mut();
         let event =
-            || event.ok_or_else(|| Error::Encode(format!("column {} needs the whole event", self.field().name())));
+            || row.event.ok_or_else(|| Error::Encode(format!("column {} needs the whole event", self.field().name())));
         match self {
-            Column::Seq => downcast::<UInt64Builder>(any).append_value(head.seq),
-            Column::RaftIndex => downcast::<UInt64Builder>(any).append_value(head.raft_index),
-            Column::Time => downcast::<TimestampMillisecondBuilder>(any).append_value(head.time_ms),
-            Column::Kind => downcast::<StringBuilder>(any).append_value(head.kind),
-            Column::Actor => downcast::<StringBuilder>(any).append_value(&head.actor.name),
-            Column::ActorKind => downcast::<StringBuilder>(any).append_value(head.actor.kind.as_str()),
+            Column::Seq => downcast::<UInt64Builder>(any).append_value(row.seq),
+            Column::RaftIndex => downcast::<UInt64Builder>(any).append_value(row.raft_index),
+            Column::Time => downcast::<TimestampMillisecondBuilder>(any).append_value(row.time_ms),
+            Column::Kind => downcast::<StringBuilder>(any).append_value(row.kind),
+            Column::Actor => downcast::<StringBuilder>(any).append_value(&row.actor.name),
+            Column::ActorKind => downcast::<StringBuilder>(any).append_value(row.actor.kind.as_str()),
             Column::Node => downcast::<StringBuilder>(any).append_option(event()?.node()),
             Column::Workload => downcast::<StringBuilder>(any).append_option(event()?.workload_id()),
-            Column::CommandId => downcast::<StringBuilder>(any).append_value(head.command_id),
-            Column::CorrelationId => downcast::<StringBuilder>(any).append_value(head.correlation_id),
-            Column::Hash => downcast::<StringBuilder>(any).append_value(head.hash),
+            Column::CommandId => downcast::<StringBuilder>(any).append_value(row.command_id),
+            Column::CorrelationId => downcast::<StringBuilder>(any).append_value(row.correlation_id),
+            Column::Hash => downcast::<StringBuilder>(any).append_value(row.hash),
             Column::Payload => {
                 // The event is serialised generically, so new variants show
                 // up here without a change to this crate.
@@ -107,15 +107,9 @@ impl Column {
     }
 }
 
-/// One stored event as a scan read it: whole, or only its head.
-#[derive(Clone, Copy)]
-pub(crate) enum Row<'a> {
-    Record(&'a EventRecord),
-    Head(&'a EventHead),
-}
-
-/// The fields a record and a head share.
-struct Head<'a> {
+/// One stored event as a scan read it: its head, and its fields when the
+/// whole record was decoded.
+pub(crate) struct Row<'a> {
     seq: u64,
     raft_index: u64,
     time_ms: i64,
@@ -124,11 +118,12 @@ struct Head<'a> {
     command_id: &'a str,
     correlation_id: &'a str,
     hash: &'a str,
+    event: Option<&'a Event>,
 }
 
-impl<'a> Head<'a> {
-    fn of_record(r: &'a EventRecord) -> Self {
-        Head {
+impl<'a> Row<'a> {
+    pub(crate) fn of_record(r: &'a EventRecord) -> Self {
+        Row {
             seq: r.seq,
             raft_index: r.raft_index,
             time_ms: r.time_ms,
@@ -137,11 +132,16 @@ impl<'a> Head<'a> {
             command_id: &r.command_id,
             correlation_id: &r.correlation_id,
             hash: &r.hash,
+            event: Some(&r.event),
         }
     }
 
-    fn of_head(h: &'a EventHead) -> Self {
-        Head {
+    pub(crate) fn time_ms(&self) -> i64 {
+        self.time_ms
+    }
+
+    pub(crate) fn of_head(h: &'a EventHead) -> Self {
+        Row {
             seq: h.seq,
             raft_index: h.raft_index,
             time_ms: h.time_ms,
@@ -150,6 +150,7 @@ impl<'a> Head<'a> {
             command_id: &h.command_id,
             correlation_id: &h.correlation_id,
             hash: &h.hash,
+            event: None,
         }
     }
 }
@@ -187,13 +188,9 @@ impl EventsBatch {
         projection.iter().all(|&i| !COLUMNS[i].needs_event())
     }
 
-    pub(crate) fn append(&mut self, row: Row<'_>) -> Result<()> {
-        let (head, event) = match row {
-            Row::Record(rec) => (Head::of_record(rec), Some(&rec.event)),
-            Row::Head(h) => (Head::of_head(h), None),
-        };
+    pub(crate) fn append(&mut self, row: &Row<'_>) -> Result<()> {
         for (col, b) in &mut self.cols {
-            col.append(b.as_mut(), &head, event)?;
+            col.append(b.as_mut(), row)?;
         }
         self.rows += 1;
         Ok(())

@@ -61,7 +61,7 @@ impl ExportFormat {
                 Sink::Parquet(w) => {
                     let mut b = EventsBatch::new(&all);
                     for rec in &page {
-                        b.append(Row::Record(rec))?;
+                        b.append(&Row::of_record(rec))?;
                     }
                     w.write(&b.finish(EventsBatch::schema())?)?;
                 }

@@ -267,11 +267,11 @@ impl Page {
             (RowShape::Events, rows) => {
                 let mut b = EventsBatch::new(&self.projection);
                 let rows: Box<dyn Iterator<Item = Row<'_>>> = match rows {
-                    Rows::Records(recs) => Box::new(recs.iter().filter(|r| in_time(r.time_ms)).map(Row::Record)),
-                    Rows::Heads(heads) => Box::new(heads.iter().filter(|h| in_time(h.time_ms)).map(Row::Head)),
+                    Rows::Records(recs) => Box::new(recs.iter().map(Row::of_record)),
+                    Rows::Heads(heads) => Box::new(heads.iter().map(Row::of_head)),
                 };
-                for r in rows.take(self.remaining) {
-                    b.append(r)?;
+                for r in rows.filter(|r| in_time(r.time_ms())).take(self.remaining) {
+                    b.append(&r)?;
                 }
                 b.finish(self.schema.clone())
             }

@@ -221,13 +221,6 @@ impl EventStore {
         }
         let db = &self.shared.db;
         if let Some(at) = view_rows::checkpoint_at_or_before(db, seq)? {
-            if tables == ViewTables::ALL {
-                let mut view = view_rows::load(db, at, tables, &RowKeys::default())?;
-                for rec in self.read_range(at + 1, seq)? {
-                    view.apply(&rec);
-                }
-                return Ok(view);
-            }
             // Only the events that can change the tables read (or the ones
             // their fold reads) are decoded whole; the rest move the view's
             // scalars. Of other tables, only the rows those events read.
@@ -240,13 +233,16 @@ impl EventStore {
             } else {
                 self.read_range_for(at + 1, seq, needed)?
             };
+            let outside = needed.without(tables);
             let mut rows = RowKeys::default();
-            for step in &replay {
-                if let Replayed::Event(rec) = step {
-                    rows.extend(ClusterView::rows_used_by(&rec.event));
+            if outside != ViewTables::default() {
+                for step in &replay {
+                    if let Replayed::Event(rec) = step {
+                        rows.extend(ClusterView::rows_used_by(&rec.event));
+                    }
                 }
             }
-            let mut view = view_rows::load(db, at, tables, &needed.without(tables).keep(rows))?;
+            let mut view = view_rows::load(db, at, tables, &outside.keep(rows))?;
             for step in &replay {
                 match step {
                     Replayed::Event(rec) => view.apply(rec),
@@ -374,6 +370,22 @@ impl EventStore {
         limit: usize,
         keep: impl Fn(&T) -> bool,
     ) -> Result<(Vec<T>, u64)> {
+        self.scan_with(from, to, limit, |k, v| {
+            let rec: T = decode_json(CF_EVENTS, k, v)?;
+            Ok(keep(&rec).then_some(rec))
+        })
+    }
+
+    /// Reads the records in `from..=to` through `decode`, keeping what it
+    /// returns, at most `limit`; also returns the seq after the last one
+    /// examined.
+    fn scan_with<T>(
+        &self,
+        from: u64,
+        to: u64,
+        limit: usize,
+        mut decode: impl FnMut(&[u8], &[u8]) -> Result<Option<T>>,
+    ) -> Result<(Vec<T>, u64)> {
         let mut out = Vec::new();
         let mut next = from;
         if from > to || limit == 0 {
@@ -385,11 +397,8 @@ impl EventStore {
             if seq > to {
                 return Ok(false);
             }
-            let rec: T = decode_json(CF_EVENTS, k, v)?;
             next = seq + 1;
-            if keep(&rec) {
-                out.push(rec);
-            }
+            out.extend(decode(k, v)?);
             Ok(out.len() < limit)
         })?;
         Ok((out, next))
@@ -398,14 +407,7 @@ impl EventStore {
     /// Every stored record in `from..=to`, which must all be present.
     pub(crate) fn read_range(&self, from: u64, to: u64) -> Result<Vec<EventRecord>> {
         let (recs, _) = self.scan_events(from, to, usize::MAX, &EventFilter::default())?;
-        let expected = to.saturating_add(1).saturating_sub(from);
-        if recs.len() as u64 != expected || recs.first().is_some_and(|r| r.seq != from) {
-            return Err(Error::Storage(format!(
-                "events {from}..={to} are not all stored in {} (found {} of {expected})",
-                self.shared.db.path().display(),
-                recs.len()
-            )));
-        }
+        self.check_complete(from, to, recs.len(), recs.first().map(|r| r.seq))?;
         Ok(recs)
     }
 
@@ -413,37 +415,29 @@ impl EventStore {
     /// whose kind can change a table of `tables` decoded whole, the others
     /// only as far as their position, time, hash and kind.
     fn read_range_for(&self, from: u64, to: u64, tables: ViewTables) -> Result<Vec<Replayed>> {
-        let mut out = Vec::new();
-        let mut next = from;
-        if from <= to {
-            self.shared.db.scan(CF_EVENTS, &u64_key(from), |k, v| {
-                let head: EventHead = decode_json(CF_EVENTS, k, v)?;
-                if decode_u64(k) != Some(head.seq) || head.seq != next {
-                    return Err(Error::Storage(format!(
-                        "event history in {} has a gap: key {CF_EVENTS}/{} holds seq {} where seq {next} belongs",
-                        self.shared.db.path().display(),
-                        show_key(k),
-                        head.seq
-                    )));
-                }
-                out.push(if ViewTables::changed_by(&head.event.kind).intersects(tables) {
-                    Replayed::Event(Box::new(decode_json(CF_EVENTS, k, v)?))
-                } else {
-                    Replayed::Skipped(head)
-                });
-                next += 1;
-                Ok(next <= to)
-            })?;
-        }
-        if next <= to {
+        let (steps, _) = self.scan_with(from, to, usize::MAX, |k, v| {
+            let head: EventHead = decode_json(CF_EVENTS, k, v)?;
+            Ok(Some(if ViewTables::changed_by(&head.event.kind).intersects(tables) {
+                Replayed::Event(Box::new(decode_json(CF_EVENTS, k, v)?))
+            } else {
+                Replayed::Skipped(head)
+            }))
+        })?;
+        self.check_complete(from, to, steps.len(), steps.first().map(Replayed::seq))?;
+        Ok(steps)
+    }
+
+    /// Seqs are dense keys: `found` records starting at `first` fill `from..=to` exactly when
+    /// the count is right and the first is `from`.
+    fn check_complete(&self, from: u64, to: u64, found: usize, first: Option<u64>) -> Result<()> {
+        let expected = to.saturating_add(1).saturating_sub(from);
+        if found as u64 != expected || first.is_some_and(|s| s != from) {
             return Err(Error::Storage(format!(
-                "events {from}..={to} are not all stored in {} (found {} of {})",
+                "events {from}..={to} are not all stored in {} (found {found} of {expected})",
                 self.shared.db.path().display(),
-                next - from,
-                to + 1 - from
             )));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The seq of the last applied event, bumped after each apply batch is durable in RocksDB.
@@ -541,6 +535,15 @@ pub struct EventKind {
 enum Replayed {
     Event(Box<EventRecord>),
     Skipped(EventHead),
+}
+
+impl Replayed {
+    fn seq(&self) -> u64 {
+        match self {
+            Replayed::Event(rec) => rec.seq,
+            Replayed::Skipped(head) => head.seq,
+        }
+    }
 }
 
 struct Watcher {
