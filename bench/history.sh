@@ -29,15 +29,25 @@ pid=$!
 for _ in $(seq 1 100); do "$BIN/clawctl" --server "127.0.0.1:$PORT" status >/dev/null 2>&1 && break; sleep 0.2; done
 CTL=("$BIN/clawctl" --server "127.0.0.1:$PORT")
 
-"${CTL[@]}" -o json bench history --events "$EVENTS" --samples "$SAMPLES" >"$WORK/ours.json"
+# clawd's resident memory every second, and each phase's start, so a peak
+# can be matched to what ran then (rss.tsv: seconds since start, KiB).
+t_start=$(date +%s)
+(while kill -0 "$pid" 2>/dev/null; do
+  echo "$(( $(date +%s) - t_start )) $(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null)"
+  sleep 1
+done) >"$WORK/rss.tsv" &
+stamp() { while IFS= read -r line; do echo "$(( $(date +%s) - t_start )) $line"; done; }
+"${CTL[@]}" -o json bench history --events "$EVENTS" --samples "$SAMPLES" >"$WORK/ours.json" 2> >(stamp >"$WORK/phases.log")
 rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 data_kb=$(du -sk "$WORK/data" | cut -f1)
 t0=$(date +%s.%N)
+echo "$(( $(date +%s) - t_start )) export" >>"$WORK/phases.log"
 "${CTL[@]}" export events --format parquet --file "$WORK/events.parquet" >&2
 export_s=$(echo "$(date +%s.%N) - $t0" | bc)
 last=$(python3 -c "import json;print(json.load(open('$WORK/ours.json'))['events'])")
 asof=$((last / 2))
 "${CTL[@]}" -o json sql "SELECT status, count(*) AS n FROM workloads_at($asof) GROUP BY status ORDER BY status" >"$WORK/ours_asof.json"
+echo "$(( $(date +%s) - t_start )) done" >>"$WORK/phases.log"
 # The peak over the whole run: generation, queries and the export.
 hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 
@@ -76,9 +86,24 @@ SELECT CASE kind
 FROM life WHERE r = 1 GROUP BY status ORDER BY status"""
 asof_s, duck_asof = timed(asof_sql)
 ours_asof = json.load(open(f"{work}/ours_asof.json"))
+# The peak resident memory in each phase (phases.log: second, what began).
+rss = [tuple(map(int, l.split())) for l in open(f"{work}/rss.tsv") if len(l.split()) == 2]
+phases = []
+for l in open(f"{work}/phases.log"):
+    t, _, what = l.strip().partition(" ")
+    name = "generate" if what.startswith("generat") else what.split(",")[0]
+    if not phases or phases[-1][1] != name:
+        phases.append((int(t), name))
+peaks = {}
+for i, (t0, name) in enumerate(phases):
+    t1 = phases[i + 1][0] if i + 1 < len(phases) else 1 << 62
+    inside = [kb for (t, kb) in rss if t0 <= t < t1]
+    if inside:
+        peaks[name] = round(max(inside) / 1024)
 print(json.dumps({
     "ours": ours,
     "clawd_rss_mib": round(rss_kb / 1024), "clawd_peak_rss_mib": round(hwm_kb / 1024),
+    "clawd_peak_rss_mib_by_phase": peaks,
     "export_parquet_s": round(export_s, 2),
     "data_dir_gib": round(data_kb / 1024 / 1024, 2),
     "duckdb": {

@@ -58,7 +58,7 @@ impl TableProvider for ViewTable {
                 // A past view costs a checkpoint load plus a bounded replay:
                 // RocksDB work, so off the async threads.
                 let store = self.store.clone();
-                tokio::task::spawn_blocking(move || kind.batch(&store.view_at_with(seq, kind.tables())?))
+                tokio::task::spawn_blocking(move || kind.batch(&store.view_at_summaries(seq, kind.tables())?))
                     .await
                     .map_err(|e| DataFusionError::External(Box::new(e)))?
             }

@@ -163,6 +163,7 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
     let started = Instant::now();
     let mut errors = 0u64;
     if args.events > 0 {
+        eprintln!("generating {} events", args.events);
         let registrations: Vec<Command> =
             (0..args.nodes).map(|i| Command::RegisterNode(sim_node("hist", i, 8))).collect();
         let (e, first) = submit_all(&client, args.clients, registrations).await;
@@ -200,6 +201,7 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
             1 + x % last
         })
         .collect();
+    eprintln!("measuring GetState at {} past seqs", seqs.len());
     let mut lat = histogram();
     for &seq in &seqs {
         let t = Instant::now();
@@ -219,10 +221,12 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         }
         Ok(h)
     };
+    eprintln!("measuring members_at, nodes_at, workloads_at");
     let core = seance("members").await?;
     let nodes_at = seance("nodes").await?;
     let workloads_at = seance("workloads").await?;
 
+    eprintln!("measuring the filtered, full-scan and as-of queries");
     // One node, a tenth of the history's time span, in its middle.
     let first_ms = client.get_state(Some(Moment::Seq(1))).await?.time_ms;
     let span = (present.time_ms - first_ms).max(10);

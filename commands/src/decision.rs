@@ -1,4 +1,5 @@
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -115,9 +116,56 @@ pub struct DecisionState {
     /// Workload name → times of its recent failed exits (crash-loop window).
     #[serde(default)]
     pub recent_failures: BTreeMap<String, Vec<i64>>,
+    /// The Pending workloads in the order the scheduler serves them, kept
+    /// by `evolve` so the scheduler never walks every workload ever
+    /// submitted. Derived from `workloads`: not stored, and rebuilt by
+    /// [`DecisionState::reindex`] after a state is decoded.
+    #[serde(skip)]
+    pending: BTreeSet<QueueKey>,
+}
+
+/// A Pending workload's place in the queue: priority (higher first), then
+/// submission order, then id.
+type QueueKey = (Reverse<i32>, u64, String);
+
+fn queue_key(id: &str, w: &WorkloadDecision) -> QueueKey {
+    (Reverse(w.spec.priority), w.submitted_seq, id.to_string())
 }
 
 impl DecisionState {
+    /// The ids of the Pending workloads in the order the scheduler serves
+    /// them: priority (higher first), then submission order.
+    pub fn pending_ids(&self) -> impl Iterator<Item = &str> {
+        self.pending.iter().map(|(_, _, id)| id.as_str())
+    }
+
+    /// Whether any workload is Pending.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Rebuilds the derived indexes from the stored fields: call it on a
+    /// state decoded from storage or the network.
+    pub fn reindex(&mut self) {
+        self.pending = self
+            .workloads
+            .iter()
+            .filter(|(_, w)| w.status == WorkloadStatus::Pending)
+            .map(|(id, w)| queue_key(id, w))
+            .collect();
+    }
+
+    /// Moves one workload in or out of the pending queue after an event
+    /// changed it (`before`: its queue key before the event, if it was Pending).
+    fn requeue(&mut self, id: &str, before: Option<QueueKey>) {
+        if let Some(k) = before {
+            self.pending.remove(&k);
+        }
+        if let Some(w) = self.workloads.get(id).filter(|w| w.status == WorkloadStatus::Pending) {
+            self.pending.insert(queue_key(id, w));
+        }
+    }
+
     /// Resolves an id, or the name of an active workload, to an id.
     pub fn resolve_workload(&self, id_or_name: &str) -> Option<&str> {
         if let Some((id, _)) = self.workloads.get_key_value(id_or_name) {
@@ -546,6 +594,17 @@ fn open_proposal<'a>(state: &'a DecisionState, id: &str) -> Result<&'a ProposalD
 /// time) into the state. The time is the leader's clock stamped at propose
 /// time, so replay reads no clock.
 pub fn evolve(state: &mut DecisionState, seq: u64, time_ms: i64, event: &Event) {
+    let queued = event.workload_id().map(|id| {
+        let before = state.workloads.get(id).filter(|w| w.status == WorkloadStatus::Pending).map(|w| queue_key(id, w));
+        (id, before)
+    });
+    evolve_rows(state, seq, time_ms, event);
+    if let Some((id, before)) = queued {
+        state.requeue(id, before);
+    }
+}
+
+fn evolve_rows(state: &mut DecisionState, seq: u64, time_ms: i64, event: &Event) {
     state.last_seq = seq;
     match event {
         Event::WorkloadSubmitted { workload_id, spec } => {

@@ -296,14 +296,7 @@ pub fn schedule(state: &DecisionState, workload_id: &str, strategy: Strategy) ->
 /// Pending workloads in the order the scheduler serves them: priority
 /// (higher first), then submission order.
 pub fn pending_in_order(state: &DecisionState) -> Vec<String> {
-    let mut pending: Vec<(i32, u64, &String)> = state
-        .workloads
-        .iter()
-        .filter(|(_, w)| w.status == WorkloadStatus::Pending)
-        .map(|(id, w)| (w.spec.priority, w.submitted_seq, id))
-        .collect();
-    pending.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then_with(|| a.2.cmp(b.2)));
-    pending.into_iter().map(|(_, _, id)| id.clone()).collect()
+    state.pending_ids().map(str::to_string).collect()
 }
 
 #[cfg(test)]

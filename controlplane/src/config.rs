@@ -11,7 +11,9 @@ pub struct RaftOptions {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many log entries since the last one.
+    /// Build a snapshot after this many log entries since the last one, or
+    /// eight per row of the cluster view when that is more (a snapshot
+    /// copies the whole state).
     pub snapshot_logs_since_last: u64,
     /// Log entries kept after a snapshot, so slightly lagging members catch up from the log.
     pub max_in_snapshot_log_to_keep: u64,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use claw_commands::{
-    evolve, pending_in_order, plan, Actor, ActorKind, Command, DecisionState, Event, Strategy, WorkloadStatus,
+    evolve, pending_in_order, plan, Actor, ActorKind, Command, DecisionState, Event, Strategy,
 };
 use claw_log::LogNode;
 use futures::StreamExt;
@@ -98,13 +98,11 @@ impl Scheduler {
             }
             // Look before cloning: with nothing pending, or nothing changed
             // since a pass that proposed nothing, there is no pass to make.
-            let skip = self.node.store.with_decision(|d| {
-                idle_at == Some(d.last_seq) || !d.workloads.values().any(|w| w.status == WorkloadStatus::Pending)
-            });
-            if skip {
+            let Some(state) =
+                self.node.store.with_decision(|d| (idle_at != Some(d.last_seq) && d.has_pending()).then(|| pass_state(d)))
+            else {
                 continue;
-            }
-            let state = self.node.store.decision();
+            };
             let seq = state.last_seq;
             let proposed = self.schedule_pass(state).await;
             idle_at = if proposed == 0 { Some(seq) } else { None };
@@ -181,7 +179,25 @@ impl Scheduler {
     }
 }
 
-/// One scheduler pass, pure: the commands to propose for `state`.
+/// What one pass plans against: the nodes, the GPU allocations and the
+/// pending workloads, not every workload ever submitted. Planning reads
+/// nothing else, so a pass costs what is pending, however long the history.
+pub fn pass_state(d: &DecisionState) -> DecisionState {
+    let mut state = DecisionState::default();
+    state.last_seq = d.last_seq;
+    state.nodes = d.nodes.clone();
+    state.gpu_allocations = d.gpu_allocations.clone();
+    for id in d.pending_ids() {
+        if let Some(w) = d.workloads.get(id) {
+            state.workloads.insert(id.to_string(), w.clone());
+        }
+    }
+    state.reindex();
+    state
+}
+
+/// One scheduler pass, pure: the commands to propose for `state` (the
+/// whole decision state or its [`pass_state`]: both plan the same).
 pub fn plan_pass(mut state: DecisionState, strategy: Strategy) -> Vec<Command> {
     let mut out = Vec::new();
     for id in pending_in_order(&state) {
@@ -259,5 +275,51 @@ mod tests {
         assert_eq!(s.gpu_allocations.len(), 2);
         assert!(s.workloads["w2"].unschedulable.is_some());
         assert!(plan_pass(s, Strategy::BinPack).is_empty(), "same reason: nothing new to record");
+    }
+
+    #[test]
+    fn a_pass_over_the_pending_workloads_alone_plans_what_the_whole_state_plans() {
+        let mut s = DecisionState::default();
+        for n in ["a", "b"] {
+            let gpus = (0..4)
+                .map(|i| GpuInfo { index: i, uuid: format!("{n}{i}"), model: "H100".into(), memory_mb: 1 })
+                .collect();
+            apply(
+                &mut s,
+                Command::RegisterNode { node: n.into(), capabilities: NodeCapabilities { gpus, ..Default::default() } },
+            );
+        }
+        let spec = |i: u32, gpus: u32, priority: i32| WorkloadSpec {
+            name: format!("w{i}"),
+            image: "i".into(),
+            gpus,
+            priority,
+            ..Default::default()
+        };
+        // A history: placed ones that ended, placed ones that hold GPUs,
+        // then a queue of mixed priorities, one that fits nowhere.
+        for i in 0..40 {
+            apply(&mut s, Command::SubmitWorkload { workload_id: format!("w{i}"), spec: spec(i, 1, 0) });
+            for c in plan_pass(pass_state(&s), Strategy::BinPack) {
+                apply(&mut s, c);
+            }
+            if i < 36 {
+                let node = s.workloads[&format!("w{i}")].node.clone().expect("placed");
+                apply(
+                    &mut s,
+                    Command::ReportWorkloadExited { workload_id: format!("w{i}"), node, exit_code: 0, oom_killed: false },
+                );
+            }
+        }
+        for (i, gpus, priority) in [(40, 2, 0), (41, 9, 5), (42, 1, -1), (43, 2, 3), (44, 1, 0)] {
+            apply(&mut s, Command::SubmitWorkload { workload_id: format!("w{i}"), spec: spec(i, gpus, priority) });
+        }
+        let pass = pass_state(&s);
+        assert_eq!(pass.workloads.len(), 5, "only the pending workloads are copied");
+        assert_eq!(pending_in_order(&pass), ["w41", "w43", "w40", "w44", "w42"]);
+        let planned = plan_pass(pass, Strategy::BinPack);
+        assert_eq!(planned, plan_pass(s.clone(), Strategy::BinPack));
+        let placed = planned.iter().filter(|c| matches!(c, Command::PlaceWorkload { .. })).count();
+        assert_eq!((planned.len(), placed), (5, 2), "w43 and w40 fill node b, the rest wait: {planned:?}");
     }
 }

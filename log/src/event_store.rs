@@ -31,6 +31,8 @@ pub(crate) struct Live {
     pub(crate) oldest_seq: u64,
     pub(crate) last_applied: Option<LogId<u64>>,
     pub(crate) membership: StoredMembership<u64, BasicNode>,
+    /// The seq of the newest whole-state checkpoint (a restart replays from it).
+    pub(crate) last_full_seq: u64,
 }
 
 pub(crate) struct Shared {
@@ -64,7 +66,8 @@ impl EventStore {
         let (_, end) = SmMetaKey::checkpoint_range();
         let checkpoint = match db.last_at_or_before(CF_SM_META, &end)? {
             Some((k, v)) if SmMetaKey::checkpoint_seq(&k).is_some() => {
-                let cp = decode_json::<Checkpoint>(CF_SM_META, &k, &v)?;
+                let mut cp = decode_json::<Checkpoint>(CF_SM_META, &k, &v)?;
+                cp.decision.reindex();
                 // The key says which seq the checkpoint is at; a damaged one
                 // must not send the replay elsewhere (or past u64::MAX).
                 if SmMetaKey::checkpoint_seq(&k) != Some(cp.last_seq) || cp.last_seq == u64::MAX {
@@ -77,6 +80,7 @@ impl EventStore {
             }
             _ => Checkpoint::default(),
         };
+        let last_full_seq = checkpoint.last_seq;
         let Checkpoint { mut last_seq, mut last_hash, mut decision, mut view } = checkpoint;
         db.scan(CF_EVENTS, &u64_key(last_seq + 1), |k, v| {
             let rec: EventRecord = decode_json(CF_EVENTS, k, v)?;
@@ -105,7 +109,7 @@ impl EventStore {
             None => last_seq + 1,
         };
         counters.applied_index.store(last_applied.map_or(0, |l| l.index), std::sync::atomic::Ordering::Relaxed);
-        let live = Live { decision, view, last_seq, last_hash, oldest_seq, last_applied, membership };
+        let live = Live { decision, view, last_seq, last_hash, oldest_seq, last_applied, membership, last_full_seq };
         let (watch_tx, _) = watch::channel(last_seq);
         Ok(EventStore {
             shared: Arc::new(Shared {
@@ -192,13 +196,42 @@ impl EventStore {
     /// names: those are exact, the others hold only the rows the replay
     /// needed. Loads only those tables' rows from the checkpoint.
     pub fn view_at_with(&self, seq: u64, tables: ViewTables) -> Result<ClusterView> {
+        self.view_at_retrying(seq, tables, true)
+    }
+
+    /// [`EventStore::view_at_with`] without the scheduler's per-node
+    /// verdicts: every workload's `placement` and `unschedulable` keep their
+    /// summary, strategy and chosen node, and an empty `considered`. Those
+    /// verdicts are most of a workload row's bytes, so a reader that shows
+    /// only summaries (SQL) reads a fraction of the checkpoint.
+    pub fn view_at_summaries(&self, seq: u64, tables: ViewTables) -> Result<ClusterView> {
+        let mut view = self.view_at_retrying(seq, tables, false)?;
+        // Rows the replay changed got their verdicts from the events.
+        let has = |p: &Option<claw_commands::Placement>| p.as_ref().is_some_and(|p| !p.considered.is_empty());
+        let replayed: Vec<String> = view
+            .workloads
+            .iter()
+            .filter(|(_, w)| has(&w.placement) || has(&w.unschedulable))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in replayed {
+            if let Some(w) = view.workloads.get_mut(&id) {
+                for p in [w.placement.as_mut(), w.unschedulable.as_mut()].into_iter().flatten() {
+                    p.considered.clear();
+                }
+            }
+        }
+        Ok(view)
+    }
+
+    fn view_at_retrying(&self, seq: u64, tables: ViewTables, verdicts: bool) -> Result<ClusterView> {
         // The checkpoint lookup, its rows and the replay are separate reads:
         // a snapshot install between them (it rewrites all three) could mix
         // two histories' checkpoints. Retry until none ran meanwhile.
         for attempt in 0..10_000u32 {
             let before = self.shared.installs.load(Ordering::Acquire);
             if before.is_multiple_of(2) {
-                let view = self.view_at_once(seq, tables);
+                let view = self.view_at_once(seq, tables, verdicts);
                 if self.shared.installs.load(Ordering::Acquire) == before {
                     return view;
                 }
@@ -214,7 +247,7 @@ impl EventStore {
         )))
     }
 
-    fn view_at_once(&self, seq: u64, tables: ViewTables) -> Result<ClusterView> {
+    fn view_at_once(&self, seq: u64, tables: ViewTables, verdicts: bool) -> Result<ClusterView> {
         let last = self.last_seq();
         if seq > last {
             return Err(Error::BeyondEnd { requested: seq, last });
@@ -242,7 +275,7 @@ impl EventStore {
                     }
                 }
             }
-            let mut view = view_rows::load(db, at, tables, &outside.keep(rows))?;
+            let mut view = view_rows::load(db, at, tables, &outside.keep(rows), verdicts)?;
             for step in &replay {
                 match step {
                     Replayed::Event(rec) => view.apply(rec),

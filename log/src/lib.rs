@@ -29,6 +29,7 @@ mod proposer;
 mod raft_rpc_service;
 mod rollup;
 mod snapshot_builder;
+mod snapshot_pacer;
 mod snapshot_payload;
 mod state_machine;
 mod telemetry;

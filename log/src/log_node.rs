@@ -13,6 +13,7 @@ use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::network_client::MAX_RAFT_MESSAGE;
 use crate::proposer::{Proposer, MAX_BATCH_BYTES};
+use crate::snapshot_pacer;
 use crate::state_machine::StateMachine;
 use crate::{ApplyResponse, ClawRaft, Error, EventStore, LogOptions, ProposeError, RaftRpcService, Result};
 
@@ -82,7 +83,8 @@ impl LogNode {
             heartbeat_interval: opts.heartbeat_ms,
             election_timeout_min: opts.election_timeout_min_ms,
             election_timeout_max: opts.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_logs_since_last),
+            // Paced by `snapshot_pacer`: the spacing grows with the state.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: opts.max_in_snapshot_log_to_keep,
             // Purge in batches, but never wait for more entries than a snapshot spans.
             purge_batch_size: opts.snapshot_logs_since_last.clamp(1, 1024),
@@ -95,6 +97,7 @@ impl LogNode {
         let raft = ClawRaft::new(opts.node_id, Arc::new(config), Network, log, sm)
             .await
             .map_err(|e| Error::Raft(format!("cannot start raft for member {}: {e}", opts.node_id)))?;
+        snapshot_pacer::spawn(raft.clone(), store.clone(), opts.snapshot_logs_since_last);
         let proposer = Proposer::start(raft.clone());
         Ok(LogNode { raft, store, proposer, node_id: opts.node_id, advertise_addr: opts.advertise_addr })
     }

@@ -16,7 +16,9 @@ pub struct LogOptions {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many applied entries since the last one.
+    /// Build a snapshot after this many applied entries since the last one,
+    /// or eight per row of the cluster view when that is more (a snapshot
+    /// copies the whole state).
     pub snapshot_logs_since_last: u64,
     /// Raft entries kept below the last snapshot so lagging followers catch up without it.
     pub max_in_snapshot_log_to_keep: u64,
@@ -27,8 +29,9 @@ pub struct LogOptions {
     /// costlier to write.
     pub checkpoint_every: u64,
     /// A checkpoint of the whole state (decision state and view) is stored
-    /// every this many events: a restart loads the newest and replays the
-    /// events after it. Each costs a copy of the whole state.
+    /// every this many events, or eight per row of the cluster view when
+    /// that is more: a restart loads the newest and replays the events
+    /// after it. Each costs a copy of the whole state.
     pub full_checkpoint_every: u64,
     /// Read every table file and check its block checksums when opening, so
     /// a damaged file stops the start with its name (costs one sequential

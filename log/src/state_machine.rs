@@ -152,11 +152,17 @@ impl StateMachine {
                 responses.push(BatchResponse(entry_responses));
             }
             // A whole-state checkpoint (for restarts) whenever the batch
-            // crosses a multiple of its interval. Each one serialises the
-            // whole view and decision state, so these are rare; past states
-            // read the row checkpoints written in phase 3.
+            // crosses a multiple of its interval, once the state has grown
+            // enough events since the last one. Each serialises the whole
+            // view and decision state (under this lock), so they are rare
+            // and their spacing grows with the state: the cost per event
+            // stays bounded however many workloads the history holds. Past
+            // states read the row checkpoints written in phase 3.
             let every = self.store.checkpoints().full_every;
-            if last_seq / every != published / every {
+            if last_seq / every != published / every
+                && last_seq - live.last_full_seq >= full_checkpoint_spacing(every, &live.view)
+            {
+                live.last_full_seq = last_seq;
                 let mut view = live.view.clone();
                 for rec in &new_records {
                     view.apply(rec);
@@ -218,7 +224,8 @@ impl StateMachine {
 
     fn install(&mut self, meta: &SnapshotMeta<u64, BasicNode>, data: &[u8]) -> Result<()> {
         let what = format!("snapshot {}", meta.snapshot_id);
-        let payload: SnapshotPayload = serde_json::from_slice(data).map_err(|e| Error::decode(what.clone(), e))?;
+        let mut payload: SnapshotPayload = serde_json::from_slice(data).map_err(|e| Error::decode(what.clone(), e))?;
+        payload.checkpoint.decision.reindex();
         let cp = &payload.checkpoint;
         let last_hash = verify_chain(GENESIS_HASH, &payload.events)
             .map_err(|e| Error::decode(what.clone(), format!("its event history is broken: {e}")))?;
@@ -338,6 +345,7 @@ impl StateMachine {
             live.oldest_seq = 1;
             live.last_applied = meta.last_log_id;
             live.membership = meta.last_membership.clone();
+            live.last_full_seq = live.last_seq;
         }
         installs.fetch_add(1, Ordering::AcqRel);
         written?;
@@ -366,6 +374,18 @@ impl StateMachine {
 /// Serialises a snapshot's payload: the checkpoint, every event up to it
 /// (re-read from RocksDB; events are immutable so this is exact) and the
 /// dedup rows of the entries it covers.
+/// Events per row of the view between two whole-state checkpoints, at least.
+const FULL_CHECKPOINT_EVENTS_PER_ROW: u64 = 8;
+
+/// The fewest events between two whole-state checkpoints: the configured
+/// interval, or eight per row of the view when that is more. A checkpoint
+/// costs about one row's encoding per row, so this keeps it under an eighth
+/// of a row per event, while a restart replays at most that many events.
+pub(crate) fn full_checkpoint_spacing(every: u64, view: &claw_projections::ClusterView) -> u64 {
+    let rows = view.members.len() + view.nodes.len() + view.workloads.len() + view.proposals.len() + view.incidents.len();
+    every.max(rows as u64 * FULL_CHECKPOINT_EVENTS_PER_ROW)
+}
+
 pub(crate) fn build_payload(
     store: &EventStore,
     meta: &SnapshotMeta<u64, BasicNode>,

@@ -11,10 +11,18 @@
 //! event counts and says that a complete row checkpoint exists at C.
 //!
 //! Rows are never deleted from the view, so there are no tombstones.
+//!
+//! A workload row is stored in two parts at the same seq: the row with its
+//! placements' summaries (table 3), and the per-node verdicts behind them
+//! (table 6, up to 16 nodes each, most of a row's bytes). A reader that
+//! needs no verdicts (SQL, whose `placement` column is the summary) reads
+//! a fifth of the bytes. Rows stored before the split keep their verdicts
+//! inline, and read as they were.
 
 use std::collections::BTreeMap;
 
-use claw_projections::{ClusterView, RowKeys, Table, ViewTables};
+use claw_commands::NodeVerdict;
+use claw_projections::{ClusterView, RowKeys, Table, ViewTables, WorkloadRow};
 use rocksdb::WriteBatch;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -29,6 +37,7 @@ const NODES: u8 = 2;
 const WORKLOADS: u8 = 3;
 const PROPOSALS: u8 = 4;
 const INCIDENTS: u8 = 5;
+const WORKLOAD_VERDICTS: u8 = 6;
 
 /// The view's scalars at a row checkpoint.
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,6 +46,24 @@ struct ViewMeta {
     last_hash: String,
     last_time_ms: i64,
     event_counts: BTreeMap<String, u64>,
+}
+
+/// The per-node verdicts of a workload row's last placement and of its
+/// last unschedulable record, stored beside the row.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Verdicts {
+    placement: Vec<NodeVerdict>,
+    unschedulable: Vec<NodeVerdict>,
+}
+
+/// `row` without its verdicts, and the verdicts.
+fn split_verdicts(row: &WorkloadRow) -> (WorkloadRow, Verdicts) {
+    let mut row = row.clone();
+    let verdicts = Verdicts {
+        placement: row.placement.as_mut().map(|p| std::mem::take(&mut p.considered)).unwrap_or_default(),
+        unschedulable: row.unschedulable.as_mut().map(|p| std::mem::take(&mut p.considered)).unwrap_or_default(),
+    };
+    (row, verdicts)
 }
 
 /// A row key as stored: members by id (u64 BE), the others by their UTF-8 key.
@@ -119,7 +146,13 @@ pub(crate) fn put_checkpoint(db: &Db, batch: &mut WriteBatch, view: &ClusterView
     batch.put_cf(&cf, row_key(META, &[], seq), encode_json("view checkpoint", &meta)?);
     put_rows(batch, &cf, MEMBERS, &view.members, changed.members, seq)?;
     put_rows(batch, &cf, NODES, &view.nodes, changed.nodes, seq)?;
-    put_rows(batch, &cf, WORKLOADS, &view.workloads, changed.workloads, seq)?;
+    for key in changed.workloads {
+        if let Some(row) = view.workloads.get(&key) {
+            let (row, verdicts) = split_verdicts(row);
+            batch.put_cf(&cf, row_key(WORKLOADS, key.as_bytes(), seq), encode_json("view row", &row)?);
+            batch.put_cf(&cf, row_key(WORKLOAD_VERDICTS, key.as_bytes(), seq), encode_json("view row", &verdicts)?);
+        }
+    }
     put_rows(batch, &cf, PROPOSALS, &view.proposals, changed.proposals, seq)?;
     put_rows(batch, &cf, INCIDENTS, &view.incidents, changed.incidents, seq)?;
     Ok(())
@@ -162,8 +195,10 @@ pub(crate) fn first_checkpoint(db: &Db) -> Result<Option<u64>> {
 /// depend on another's rows (a workload event takes or frees GPUs on a node
 /// only if its workload row exists, and frees them on the node that row
 /// names), so replaying events on such a view keeps the named tables exact
-/// as long as `rows` holds every row those events name.
-pub(crate) fn load(db: &Db, at: u64, tables: ViewTables, rows: &RowKeys) -> Result<ClusterView> {
+/// as long as `rows` holds every row those events name. The workload table's
+/// per-node verdicts are read only when `verdicts` says so (single rows
+/// never carry them).
+pub(crate) fn load(db: &Db, at: u64, tables: ViewTables, rows: &RowKeys, verdicts: bool) -> Result<ClusterView> {
     let meta_key = row_key(META, &[], at);
     let meta: ViewMeta = db
         .get_json(CF_VIEW_ROWS, &meta_key)?
@@ -184,6 +219,22 @@ pub(crate) fn load(db: &Db, at: u64, tables: ViewTables, rows: &RowKeys) -> Resu
     let mut reader = Reader { db, at, it: db.raw_iter(CF_VIEW_ROWS)? };
     reader.table_or_rows(MEMBERS, tables.members, &rows.members, &mut view.members)?;
     reader.table_or_rows(WORKLOADS, tables.workloads, &rows.workloads, &mut view.workloads)?;
+    if tables.workloads && verdicts {
+        let mut stored: Table<String, Verdicts> = Table::default();
+        reader.table(WORKLOAD_VERDICTS, &mut stored)?;
+        for (id, v) in stored.iter() {
+            // Written with the row at the same seq, so the newest of each
+            // at or before `at` belong together.
+            if let Some(row) = view.workloads.get_mut(id) {
+                if let Some(p) = row.placement.as_mut() {
+                    p.considered = v.placement.clone();
+                }
+                if let Some(p) = row.unschedulable.as_mut() {
+                    p.considered = v.unschedulable.clone();
+                }
+            }
+        }
+    }
     reader.table_or_rows(NODES, tables.nodes, &rows.nodes, &mut view.nodes)?;
     reader.table_or_rows(PROPOSALS, tables.proposals, &rows.proposals, &mut view.proposals)?;
     reader.table_or_rows(INCIDENTS, tables.incidents, &rows.incidents, &mut view.incidents)?;

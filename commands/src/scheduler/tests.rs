@@ -394,7 +394,27 @@ proptest! {
                 }
             }
             check_allocations(&s)?;
+            check_queue(&s)?;
             history.push(s.clone());
         }
     }
+}
+
+/// The pending queue `evolve` keeps is exactly the Pending workloads sorted
+/// by priority (higher first), submission, id, and a decoded copy of the
+/// state rebuilds the same queue.
+fn check_queue(s: &DecisionState) -> Result<(), TestCaseError> {
+    let mut want: Vec<(i32, u64, &String)> = s
+        .workloads
+        .iter()
+        .filter(|(_, w)| w.status == WorkloadStatus::Pending)
+        .map(|(id, w)| (w.spec.priority, w.submitted_seq, id))
+        .collect();
+    want.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then_with(|| a.2.cmp(b.2)));
+    let want: Vec<String> = want.into_iter().map(|(_, _, id)| id.clone()).collect();
+    prop_assert_eq!(&pending_in_order(s), &want);
+    let mut decoded: DecisionState = serde_json::from_slice(&serde_json::to_vec(s).unwrap()).unwrap();
+    decoded.reindex();
+    prop_assert_eq!(&decoded, s);
+    Ok(())
 }

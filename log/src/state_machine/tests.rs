@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use claw_commands::{
     evolve, verify_chain, Actor, ActorKind, Command, CommandEnvelope, DecisionState, GpuInfo, GpuSample,
-    NodeCapabilities, Placement, ProposalAction, WorkloadSpec, GENESIS_HASH,
+    NodeCapabilities, NodeVerdict, Placement, ProposalAction, WorkloadSpec, GENESIS_HASH,
 };
 use claw_projections::ClusterView;
 use futures::StreamExt;
@@ -65,7 +65,7 @@ const PROPOSALS: &[&str] = &["p1", "p2", "p3", "p4"];
 fn command(g: &mut Gen, last_seq_hint: u64) -> Command {
     let node = g.pick(NODES).to_string();
     let w = g.pick(WORKLOADS).to_string();
-    match g.below(14) {
+    match g.below(15) {
         0 => Command::RegisterNode {
             node,
             capabilities: NodeCapabilities {
@@ -126,13 +126,39 @@ fn command(g: &mut Gen, last_seq_hint: u64) -> Command {
         // a node and freed when its workload ends or the node goes away.
         11 => Command::PlaceWorkload {
             workload_id: w,
-            node,
             gpu_uuids: (0..g.below(3)).map(|i| format!("GPU-{i}")).collect(),
-            placement: Placement { strategy: "binpack".into(), ..Default::default() },
+            placement: Placement {
+                strategy: "binpack".into(),
+                considered: verdicts(g, Some(&node)),
+                chosen: Some(node.clone()),
+                summary: format!("placed on {node}"),
+            },
+            node,
+        },
+        13 => Command::RecordUnschedulable {
+            workload_id: w,
+            placement: Placement {
+                strategy: "binpack".into(),
+                considered: verdicts(g, None),
+                chosen: None,
+                summary: "no node fits".into(),
+            },
         },
         12 => Command::MarkNodeNotReady { node, reason: "silent".into(), requeue: g.below(2) == 0 },
         _ => Command::StateIntent { text: if g.below(4) == 0 { " ".into() } else { "train llama".into() } },
     }
+}
+
+/// The scheduler's per-node reasons, as a placement carries them.
+fn verdicts(g: &mut Gen, chosen: Option<&str>) -> Vec<NodeVerdict> {
+    (0..g.below(3))
+        .map(|i| NodeVerdict {
+            node: NODES[i as usize].to_string(),
+            failed_filter: (chosen != Some(NODES[i as usize])).then(|| "gpu_count".to_string()),
+            detail: format!("{} of 2 GPUs free", g.below(3)),
+            score: chosen.map(|_| i as f64 / 2.0),
+        })
+        .collect()
 }
 
 fn envelope(g: &mut Gen, n: u64, last_seq_hint: u64) -> CommandEnvelope {
@@ -492,6 +518,16 @@ proptest::proptest! {
                 assert_eq!(at(ViewTables { members: true, ..none }).members, expected.members, "seq {seq}");
                 assert_eq!(at(ViewTables { nodes: true, ..none }).nodes, expected.nodes, "seq {seq}");
                 assert_eq!(at(ViewTables { workloads: true, ..none }).workloads, expected.workloads, "seq {seq}");
+                // Without the verdicts: the same rows, summaries kept, `considered` empty.
+                let mut summaries = expected.workloads.clone();
+                for id in expected.workloads.keys() {
+                    let w = summaries.get_mut(id).expect("row");
+                    for p in [w.placement.as_mut(), w.unschedulable.as_mut()].into_iter().flatten() {
+                        p.considered.clear();
+                    }
+                }
+                let read = store.view_at_summaries(seq as u64, ViewTables { workloads: true, ..none }).expect("summaries");
+                assert_eq!(read.workloads, summaries, "seq {seq}");
                 assert_eq!(at(ViewTables { proposals: true, ..none }).proposals, expected.proposals, "seq {seq}");
                 assert_eq!(at(ViewTables { incidents: true, ..none }).incidents, expected.incidents, "seq {seq}");
             }
