@@ -6,9 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use claw_commands::{
-    evolve, pending_in_order, plan, Actor, ActorKind, Command, DecisionState, Event, Strategy,
-};
+use claw_commands::{evolve, pending_in_order, plan, Actor, ActorKind, Command, DecisionState, Event, Strategy};
 use claw_log::LogNode;
 use futures::StreamExt;
 use openraft::ServerState;
@@ -98,8 +96,10 @@ impl Scheduler {
             }
             // Look before cloning: with nothing pending, or nothing changed
             // since a pass that proposed nothing, there is no pass to make.
-            let Some(state) =
-                self.node.store.with_decision(|d| (idle_at != Some(d.last_seq) && d.has_pending()).then(|| pass_state(d)))
+            let Some(state) = self
+                .node
+                .store
+                .with_decision(|d| (idle_at != Some(d.last_seq) && d.has_pending()).then(|| pass_state(d)))
             else {
                 continue;
             };
@@ -307,7 +307,12 @@ mod tests {
                 let node = s.workloads[&format!("w{i}")].node.clone().expect("placed");
                 apply(
                     &mut s,
-                    Command::ReportWorkloadExited { workload_id: format!("w{i}"), node, exit_code: 0, oom_killed: false },
+                    Command::ReportWorkloadExited {
+                        workload_id: format!("w{i}"),
+                        node,
+                        exit_code: 0,
+                        oom_killed: false,
+                    },
                 );
             }
         }

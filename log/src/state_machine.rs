@@ -382,7 +382,8 @@ const FULL_CHECKPOINT_EVENTS_PER_ROW: u64 = 8;
 /// costs about one row's encoding per row, so this keeps it under an eighth
 /// of a row per event, while a restart replays at most that many events.
 pub(crate) fn full_checkpoint_spacing(every: u64, view: &claw_projections::ClusterView) -> u64 {
-    let rows = view.members.len() + view.nodes.len() + view.workloads.len() + view.proposals.len() + view.incidents.len();
+    let rows =
+        view.members.len() + view.nodes.len() + view.workloads.len() + view.proposals.len() + view.incidents.len();
     every.max(rows as u64 * FULL_CHECKPOINT_EVENTS_PER_ROW)
 }
 
