@@ -223,26 +223,30 @@ impl Page {
             let store = self.store.clone();
             let filter = range.filter.clone();
             let heads = self.heads_only;
-            let recs = tokio::task::spawn_blocking(move || {
+            let (recs, examined_to, read) = tokio::task::spawn_blocking(move || {
                 if heads {
-                    store.event_heads(from, Some(to), want, &filter.kinds).map(Rows::Heads)
+                    let heads = store.event_heads(from, Some(to), want, &filter.kinds)?;
+                    // Seqs are dense and read in order, so what was examined
+                    // is known exactly: up to the last match when the page
+                    // filled, else all.
+                    let examined_to = match heads.last() {
+                        Some(last) if heads.len() == want => last.seq,
+                        _ => to,
+                    };
+                    Ok((Rows::Heads(heads), examined_to, examined_to + 1 - from))
                 } else {
-                    store.events(from, Some(to), want, &filter).map(Rows::Records)
+                    // A node or workload filter reads through the subject index.
+                    let page = store.events_page(from, Some(to), want, &filter)?;
+                    let examined_to = if page.records.len() < want { to } else { page.examined_to };
+                    Ok((Rows::Records(page.records), examined_to, page.read))
                 }
             })
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
-            .map_err(|e| DataFusionError::External(Box::new(crate::Error::Log(e))))?;
-            // Seqs are dense and read in order, so what was examined is known
-            // exactly: up to the last match when the page filled, else all.
-            let examined_to = match recs.last_seq() {
-                Some(last) if recs.len() == want => last,
-                _ => to,
-            };
+            .map_err(|e: claw_log::Error| DataFusionError::External(Box::new(crate::Error::Log(e))))?;
             self.next = examined_to + 1;
-            let read = (examined_to + 1 - from) as usize;
-            self.rows_read.add(read);
-            self.counters.add_read(read as u64);
+            self.rows_read.add(read as usize);
+            self.counters.add_read(read);
             let batch = {
                 let _timer = self.baseline.elapsed_compute().timer();
                 self.build(&recs, range.time_ms)?
@@ -294,22 +298,6 @@ impl Page {
 enum Rows {
     Records(Vec<EventRecord>),
     Heads(Vec<EventHead>),
-}
-
-impl Rows {
-    fn len(&self) -> usize {
-        match self {
-            Rows::Records(r) => r.len(),
-            Rows::Heads(h) => h.len(),
-        }
-    }
-
-    fn last_seq(&self) -> Option<u64> {
-        match self {
-            Rows::Records(r) => r.last().map(|r| r.seq),
-            Rows::Heads(h) => h.last().map(|h| h.seq),
-        }
-    }
 }
 
 impl fmt::Debug for LogScanExec {

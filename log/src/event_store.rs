@@ -15,6 +15,7 @@ use crate::db::{decode_json, Db};
 use crate::keys::{decode_u64, show_key, u64_key, SmMetaKey, CF_EVENTS, CF_SM_META};
 use crate::log_node::Checkpoints;
 use crate::log_stats::Counters;
+use crate::subject_index;
 use crate::telemetry::{add_watcher, WatcherSlot};
 use crate::view_rows;
 use crate::{Error, EventFilter, LogMetrics, LogStats, Result};
@@ -47,6 +48,18 @@ pub(crate) struct Shared {
     /// checkpoints; bumped twice per install. Past-state reads made of
     /// several RocksDB reads retry when it moved under them.
     pub(crate) installs: AtomicU64,
+    /// The first seq the subject index covers (`subject_index.rs`).
+    pub(crate) subjects_from: AtomicU64,
+}
+
+/// A page of [`EventStore::events_page`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsPage {
+    pub records: Vec<EventRecord>,
+    /// Every event in the range up to this seq that matches is in `records`.
+    pub examined_to: u64,
+    /// How many stored events were read to find them.
+    pub read: u64,
 }
 
 /// The read side of one member's log: the stored event history, the live
@@ -109,6 +122,7 @@ impl EventStore {
             None => last_seq + 1,
         };
         counters.applied_index.store(last_applied.map_or(0, |l| l.index), std::sync::atomic::Ordering::Relaxed);
+        let subjects_from = subject_index::open(&db, last_seq)?;
         let live = Live { decision, view, last_seq, last_hash, oldest_seq, last_applied, membership, last_full_seq };
         let (watch_tx, _) = watch::channel(last_seq);
         Ok(EventStore {
@@ -119,6 +133,7 @@ impl EventStore {
                 counters,
                 every,
                 installs: AtomicU64::new(0),
+                subjects_from: AtomicU64::new(subjects_from),
             }),
         })
     }
@@ -373,7 +388,35 @@ impl EventStore {
         limit: usize,
         filter: &EventFilter,
     ) -> Result<(Vec<EventRecord>, u64)> {
-        self.scan_as(from, to, limit, |rec: &EventRecord| filter.matches(rec))
+        let page = self.read_page(from, to, limit, filter)?;
+        Ok((page.records, page.examined_to + 1))
+    }
+
+    /// Stored events with `from_seq <= seq <= to_seq` that `filter`
+    /// matches, at most `limit` (0: no limit), with how far the read got and
+    /// how many stored events it read: a filter on a node or a workload
+    /// reads only that subject's events (through its index), any other
+    /// every event in the range.
+    pub fn events_page(
+        &self,
+        from_seq: u64,
+        to_seq: Option<u64>,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<EventsPage> {
+        let (from, to, limit) = self.read_bounds(from_seq, to_seq, limit)?;
+        self.read_page(from, to, limit, filter)
+    }
+
+    fn read_page(&self, from: u64, to: u64, limit: usize, filter: &EventFilter) -> Result<EventsPage> {
+        if from >= self.shared.subjects_from.load(Ordering::Acquire) {
+            if let Some(p) = subject_index::read(&self.shared.db, from, to, limit, filter)? {
+                return Ok(EventsPage { records: p.records, examined_to: p.examined_to, read: p.read });
+            }
+        }
+        let (records, next) = self.scan_as(from, to, limit, |rec: &EventRecord| filter.matches(rec))?;
+        // Seqs are read in order, each once: `from..next` was read.
+        Ok(EventsPage { records, examined_to: next.saturating_sub(1), read: next.saturating_sub(from) })
     }
 
     /// Stored events with `from_seq <= seq <= to_seq` (to the last one when

@@ -20,9 +20,13 @@ pub(crate) const CF_ROLLUPS: &str = "rollups";
 /// key, seq)` → serde_json row (see `view_rows.rs`).
 pub(crate) const CF_VIEW_ROWS: &str = "view_rows";
 
+/// Column family indexing events by node and by workload: `(subject, seq)`
+/// → empty (see `subject_index.rs`).
+pub(crate) const CF_SUBJECTS: &str = "subjects";
+
 /// Every column family of the store, in creation order.
 pub(crate) const ALL_CFS: &[&str] =
-    &[CF_RAFT_LOG, CF_RAFT_META, CF_EVENTS, CF_SM_META, CF_DEDUP, CF_ROLLUPS, CF_VIEW_ROWS];
+    &[CF_RAFT_LOG, CF_RAFT_META, CF_EVENTS, CF_SM_META, CF_DEDUP, CF_ROLLUPS, CF_VIEW_ROWS, CF_SUBJECTS];
 
 /// Keys of the `raft_meta` column family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,11 +57,14 @@ pub(crate) enum SmMetaKey {
     Snapshot,
     /// A `Checkpoint` of the decision state and view after event `seq`.
     Checkpoint(u64),
+    /// The first seq the subject index covers.
+    SubjectsFrom,
 }
 
 const SM_LAST_APPLIED: u8 = 0x01;
 const SM_MEMBERSHIP: u8 = 0x02;
 const SM_SNAPSHOT: u8 = 0x03;
+const SM_SUBJECTS_FROM: u8 = 0x04;
 const SM_CHECKPOINT: u8 = 0x10;
 
 impl SmMetaKey {
@@ -66,6 +73,7 @@ impl SmMetaKey {
             SmMetaKey::LastApplied => vec![SM_LAST_APPLIED],
             SmMetaKey::Membership => vec![SM_MEMBERSHIP],
             SmMetaKey::Snapshot => vec![SM_SNAPSHOT],
+            SmMetaKey::SubjectsFrom => vec![SM_SUBJECTS_FROM],
             SmMetaKey::Checkpoint(seq) => {
                 let mut k = Vec::with_capacity(9);
                 k.push(SM_CHECKPOINT);

@@ -13,9 +13,10 @@ use crate::checkpoint::Checkpoint;
 use crate::db::{decode_json, encode_json};
 use crate::dedup_row::DedupRow;
 use crate::event_store::Live;
-use crate::keys::{dedup_key, u64_key, SmMetaKey, CF_DEDUP, CF_EVENTS, CF_SM_META};
+use crate::keys::{dedup_key, u64_key, SmMetaKey, CF_DEDUP, CF_EVENTS, CF_SM_META, CF_SUBJECTS};
 use crate::snapshot_builder::SnapshotBuilder;
 use crate::snapshot_payload::{SnapshotPayload, SnapshotRecord};
+use crate::subject_index;
 use crate::view_rows;
 use crate::{ApplyResponse, BatchResponse, CommandBatch, Error, EventStore, Result, TypeConfig};
 
@@ -36,6 +37,7 @@ impl StateMachine {
         let events_cf = db.cf(CF_EVENTS)?;
         let dedup_cf = db.cf(CF_DEDUP)?;
         let sm_cf = db.cf(CF_SM_META)?;
+        let subjects_cf = db.cf(CF_SUBJECTS)?;
         let mut batch = WriteBatch::default();
         let mut responses = Vec::with_capacity(entries.len());
         let mut new_records: Vec<EventRecord> = Vec::new();
@@ -127,6 +129,7 @@ impl StateMachine {
                         evolve(&mut live.decision, last_seq, rec.time_ms, &rec.event);
                         last_hash = rec.hash.clone();
                         batch.put_cf(&events_cf, u64_key(last_seq), encode_json("event record", &rec)?);
+                        subject_index::put(&subjects_cf, &mut batch, &rec);
                         records.push(rec);
                     }
                     new_records.extend(records.iter().cloned());
@@ -275,6 +278,7 @@ impl StateMachine {
         let events_cf = db.cf(CF_EVENTS)?;
         let dedup_cf = db.cf(CF_DEDUP)?;
         let sm_cf = db.cf(CF_SM_META)?;
+        let subjects_cf = db.cf(CF_SUBJECTS)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(&events_cf, u64_key(0), u64_key(u64::MAX));
         batch.delete_cf(&events_cf, u64_key(u64::MAX));
@@ -283,8 +287,10 @@ impl StateMachine {
         let (cp_from, cp_to) = SmMetaKey::checkpoint_range();
         batch.delete_range_cf(&sm_cf, cp_from, cp_to);
         view_rows::delete_all(&db, &mut batch)?;
+        subject_index::reset(&db, &mut batch)?;
         for rec in &payload.events {
             batch.put_cf(&events_cf, u64_key(rec.seq), encode_json("event record", rec)?);
+            subject_index::put(&subjects_cf, &mut batch, rec);
         }
         for row in &payload.dedup {
             batch.put_cf(&dedup_cf, dedup_key(&row.command_id), encode_json("dedup row", row)?);
@@ -346,6 +352,7 @@ impl StateMachine {
             live.last_applied = meta.last_log_id;
             live.membership = meta.last_membership.clone();
             live.last_full_seq = live.last_seq;
+            self.store.shared.subjects_from.store(1, Ordering::Release);
         }
         installs.fetch_add(1, Ordering::AcqRel);
         written?;
