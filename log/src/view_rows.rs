@@ -222,15 +222,15 @@ pub(crate) fn load(db: &Db, at: u64, tables: ViewTables, rows: &RowKeys, verdict
     if tables.workloads && verdicts {
         let mut stored: Table<String, Verdicts> = Table::default();
         reader.table(WORKLOAD_VERDICTS, &mut stored)?;
-        for (id, v) in stored.iter() {
+        for (id, v) in stored.into_rows() {
             // Written with the row at the same seq, so the newest of each
             // at or before `at` belong together.
-            if let Some(row) = view.workloads.get_mut(id) {
+            if let Some(row) = view.workloads.get_mut(&id) {
                 if let Some(p) = row.placement.as_mut() {
-                    p.considered = v.placement.clone();
+                    p.considered = v.placement;
                 }
                 if let Some(p) = row.unschedulable.as_mut() {
-                    p.considered = v.unschedulable.clone();
+                    p.considered = v.unschedulable;
                 }
             }
         }

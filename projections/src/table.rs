@@ -65,6 +65,11 @@ impl<K: Ord + Clone, V> Table<K, V> {
     pub fn touch_all(&mut self) {
         self.touched = self.rows.keys().cloned().collect();
     }
+
+    /// The rows, by key.
+    pub fn into_rows(self) -> BTreeMap<K, V> {
+        self.rows
+    }
 }
 
 impl<K: Ord, V> Deref for Table<K, V> {
