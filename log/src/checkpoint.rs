@@ -23,6 +23,17 @@ impl Default for Checkpoint {
     }
 }
 
+/// A checkpoint encoded from the live state by reference: the same JSON as
+/// [`Checkpoint`] without copying the whole state first (on a long history
+/// the view and decision state are hundreds of MiB in memory).
+#[derive(Serialize)]
+pub(crate) struct CheckpointRef<'a> {
+    pub(crate) last_seq: u64,
+    pub(crate) last_hash: &'a str,
+    pub(crate) decision: &'a DecisionState,
+    pub(crate) view: &'a ClusterView,
+}
+
 /// Only the view of a stored checkpoint: past-state reads skip decoding the
 /// decision state.
 #[derive(Debug, Deserialize)]

@@ -5,12 +5,12 @@ use openraft::{
 };
 use rocksdb::WriteBatch;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::CheckpointRef;
 use crate::db::encode_json;
 use crate::keys::{SmMetaKey, CF_SM_META};
 use crate::snapshot_payload::SnapshotRecord;
 use crate::view_rows;
-use crate::{EventStore, Result, TypeConfig};
+use crate::{Error, EventStore, Result, TypeConfig};
 
 /// Builds a snapshot of the state captured when openraft asked for a
 /// builder; applying may continue meanwhile, since the captured events are
@@ -19,7 +19,11 @@ pub(crate) struct SnapshotBuilder {
     store: EventStore,
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, BasicNode>,
-    checkpoint: Checkpoint,
+    last_seq: u64,
+    last_hash: String,
+    /// The whole-state checkpoint at `last_seq`, encoded when captured (a
+    /// copy of the state would take several times the memory of its JSON).
+    checkpoint: Result<Vec<u8>>,
 }
 
 impl SnapshotBuilder {
@@ -29,27 +33,28 @@ impl SnapshotBuilder {
             store: store.clone(),
             last_applied: live.last_applied,
             membership: live.membership.clone(),
-            checkpoint: Checkpoint {
-                last_seq: live.last_seq,
-                last_hash: live.last_hash.clone(),
-                decision: live.decision.clone(),
-                view: live.view.clone(),
-            },
+            last_seq: live.last_seq,
+            last_hash: live.last_hash.clone(),
+            checkpoint: encode_json(
+                "checkpoint",
+                &CheckpointRef {
+                    last_seq: live.last_seq,
+                    last_hash: &live.last_hash,
+                    decision: &live.decision,
+                    view: &live.view,
+                },
+            ),
         }
     }
 
     fn build(&mut self) -> Result<Snapshot<TypeConfig>> {
         let snapshot_id = match &self.last_applied {
-            Some(l) => format!("{}-{}-seq{}", l.leader_id, l.index, self.checkpoint.last_seq),
-            None => format!("none-seq{}", self.checkpoint.last_seq),
+            Some(l) => format!("{}-{}-seq{}", l.leader_id, l.index, self.last_seq),
+            None => format!("none-seq{}", self.last_seq),
         };
         let meta =
             SnapshotMeta { last_log_id: self.last_applied, last_membership: self.membership.clone(), snapshot_id };
-        let record = SnapshotRecord {
-            meta: meta.clone(),
-            last_seq: self.checkpoint.last_seq,
-            last_hash: self.checkpoint.last_hash.clone(),
-        };
+        let record = SnapshotRecord { meta: meta.clone(), last_seq: self.last_seq, last_hash: self.last_hash.clone() };
         let db = self.store.db().clone();
         let sm_cf = db.cf(CF_SM_META)?;
         let mut batch = WriteBatch::default();
@@ -60,7 +65,7 @@ impl SnapshotBuilder {
         // snapshot's (kept: a member may be sending it right now) go.
         let previous: Option<SnapshotRecord> = db.get_json(CF_SM_META, &SmMetaKey::Snapshot.encode())?;
         if let (Some(previous), Some(first_rows)) = (previous, view_rows::first_checkpoint(&db)?) {
-            if first_rows < previous.last_seq && previous.last_seq <= self.checkpoint.last_seq {
+            if first_rows < previous.last_seq && previous.last_seq <= self.last_seq {
                 batch.delete_range_cf(
                     &sm_cf,
                     SmMetaKey::Checkpoint(first_rows).encode(),
@@ -68,11 +73,9 @@ impl SnapshotBuilder {
                 );
             }
         }
-        batch.put_cf(
-            &sm_cf,
-            SmMetaKey::Checkpoint(self.checkpoint.last_seq).encode(),
-            encode_json("checkpoint", &self.checkpoint)?,
-        );
+        let checkpoint =
+            std::mem::replace(&mut self.checkpoint, Err(Error::Storage("this snapshot was built already".into())))?;
+        batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(self.last_seq).encode(), checkpoint);
         batch.put_cf(&sm_cf, SmMetaKey::Snapshot.encode(), encode_json("snapshot record", &record)?);
         db.write(batch, false)?;
         // openraft keeps only the meta of a snapshot it asked to build (its

@@ -9,7 +9,7 @@ use openraft::{
 };
 use rocksdb::WriteBatch;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointRef};
 use crate::db::{decode_json, encode_json};
 use crate::dedup_row::DedupRow;
 use crate::event_store::Live;
@@ -154,25 +154,6 @@ impl StateMachine {
                 }
                 responses.push(BatchResponse(entry_responses));
             }
-            // A whole-state checkpoint (for restarts) whenever the batch
-            // crosses a multiple of its interval, once the state has grown
-            // enough events since the last one. Each serialises the whole
-            // view and decision state (under this lock), so they are rare
-            // and their spacing grows with the state: the cost per event
-            // stays bounded however many workloads the history holds. Past
-            // states read the row checkpoints written in phase 3.
-            let every = self.store.checkpoints().full_every;
-            if last_seq / every != published / every
-                && last_seq - live.last_full_seq >= full_checkpoint_spacing(every, &live.view)
-            {
-                live.last_full_seq = last_seq;
-                let mut view = live.view.clone();
-                for rec in &new_records {
-                    view.apply(rec);
-                }
-                let cp = Checkpoint { last_seq, last_hash: last_hash.clone(), decision: live.decision.clone(), view };
-                batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(last_seq).encode(), encode_json("checkpoint", &cp)?);
-            }
             (published, last_seq, last_hash)
         };
         if let Some(log_id) = &last_applied {
@@ -207,6 +188,30 @@ impl StateMachine {
                 if let Err(e) = written {
                     tracing::warn!(seq = last_seq, error = %e, "could not store a row checkpoint of the view");
                     live.view.touch_all();
+                }
+            }
+            // A whole-state checkpoint (for restarts and snapshots) whenever
+            // the batch crosses a multiple of its interval, once the state has
+            // grown enough events since the last one. Each serialises the
+            // whole view and decision state under this lock (by reference:
+            // no copy of the state), so they are rare and their spacing grows
+            // with the state: the cost per event stays bounded however many
+            // workloads the history holds. Written after the events, like
+            // the row checkpoint: a crash in between makes the restart replay
+            // from the previous one.
+            let every = self.store.checkpoints().full_every;
+            if last_seq / every != published / every
+                && last_seq - live.last_full_seq >= full_checkpoint_spacing(every, &live.view)
+            {
+                let cp = CheckpointRef { last_seq, last_hash: &last_hash, decision: &live.decision, view: &live.view };
+                let written = encode_json("checkpoint", &cp).and_then(|bytes| {
+                    let mut one = WriteBatch::default();
+                    one.put_cf(&sm_cf, SmMetaKey::Checkpoint(last_seq).encode(), bytes);
+                    db.write(one, false)
+                });
+                match written {
+                    Ok(()) => live.last_full_seq = last_seq,
+                    Err(e) => tracing::warn!(seq = last_seq, error = %e, "could not store a whole-state checkpoint"),
                 }
             }
             live.last_seq = last_seq;
