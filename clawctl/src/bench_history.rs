@@ -44,6 +44,8 @@ pub struct HistoryReport {
     pub state_at_p50_ms: f64,
     pub state_at_p99_ms: f64,
     pub state_at_max_ms: f64,
+    pub state_summaries_p50_ms: f64,
+    pub state_summaries_p99_ms: f64,
     pub state_at_sql_p50_ms: f64,
     pub state_at_sql_p99_ms: f64,
     pub nodes_at_p50_ms: f64,
@@ -71,6 +73,13 @@ impl HistoryReport {
                 format!(
                     "{} samples: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (GetState, whole view as JSON)",
                     self.state_at_samples, self.state_at_p50_ms, self.state_at_p99_ms, self.state_at_max_ms
+                ),
+            ),
+            (
+                "",
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms (GetState without per-node verdicts: what `replay --at` prints)",
+                    self.state_summaries_p50_ms, self.state_summaries_p99_ms
                 ),
             ),
             (
@@ -185,7 +194,7 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         }
     }
     let generate_s = started.elapsed().as_secs_f64();
-    let present = client.get_state(None).await?;
+    let present = client.state_head(None).await?;
     let last = present.seq;
     if last == 0 {
         bail!("the history is empty: run with --events N first");
@@ -208,6 +217,12 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         client.get_state(Some(Moment::Seq(seq))).await?;
         lat.record(t.elapsed().as_micros().max(1) as u64)?;
     }
+    let mut summaries = histogram();
+    for &seq in &seqs {
+        let t = Instant::now();
+        client.get_state_summaries(Some(Moment::Seq(seq))).await?;
+        summaries.record(t.elapsed().as_micros().max(1) as u64)?;
+    }
 
     // The same seqs through SQL on seance tables: the cost of rebuilding
     // one table's state (checkpoint + replay) without shipping the whole
@@ -228,7 +243,7 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
 
     eprintln!("measuring the filtered, full-scan and as-of queries");
     // One node, a tenth of the history's time span, in its middle.
-    let first_ms = client.get_state(Some(Moment::Seq(1))).await?.time_ms;
+    let first_ms = client.state_head(Some(Moment::Seq(1))).await?.time_ms;
     let span = (present.time_ms - first_ms).max(10);
     let (lo, hi) = (first_ms + span * 45 / 100, first_ms + span * 55 / 100);
     let ts = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default();
@@ -263,6 +278,8 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         state_at_p50_ms: ms(lat.value_at_quantile(0.5)),
         state_at_p99_ms: ms(lat.value_at_quantile(0.99)),
         state_at_max_ms: ms(lat.max()),
+        state_summaries_p50_ms: ms(summaries.value_at_quantile(0.5)),
+        state_summaries_p99_ms: ms(summaries.value_at_quantile(0.99)),
         state_at_sql_p50_ms: ms(core.value_at_quantile(0.5)),
         state_at_sql_p99_ms: ms(core.value_at_quantile(0.99)),
         nodes_at_p50_ms: ms(nodes_at.value_at_quantile(0.5)),

@@ -114,14 +114,42 @@ pub struct PastState {
     pub last_seq: u64,
 }
 
+/// Which event a moment resolves to, without the state there.
+pub struct StateHead {
+    pub seq: u64,
+    pub time_ms: i64,
+}
+
 impl Client {
     /// The cluster right after `at` (the present when `None`).
     pub async fn get_state(&self, at: Option<Moment>) -> Result<PastState> {
-        let request = v1::GetStateRequest { at: at.map(Moment::to_pb), consistency: self.consistency() };
-        let response = self.grpc.clone().get_state(request).await?.into_inner();
+        self.state_with(at, v1::StateDetail::Full).await
+    }
+
+    /// [`Client::get_state`] without the scheduler's per-node verdicts
+    /// (placements keep their summary and chosen node): a fraction of the
+    /// bytes on a long history, and all that the tables print.
+    pub async fn get_state_summaries(&self, at: Option<Moment>) -> Result<PastState> {
+        self.state_with(at, v1::StateDetail::Summaries).await
+    }
+
+    /// The seq and time a moment resolves to (the present when `None`).
+    pub async fn state_head(&self, at: Option<Moment>) -> Result<StateHead> {
+        let r = self.request_state(at, v1::StateDetail::Head).await?;
+        Ok(StateHead { seq: r.seq, time_ms: r.time_ms })
+    }
+
+    async fn state_with(&self, at: Option<Moment>, detail: v1::StateDetail) -> Result<PastState> {
+        let response = self.request_state(at, detail).await?;
         let view: ClusterView =
             serde_json::from_str(&response.view_json).context("clawd sent a cluster state this clawctl cannot read")?;
         Ok(PastState { view, seq: response.seq, time_ms: response.time_ms, last_seq: response.last_seq })
+    }
+
+    async fn request_state(&self, at: Option<Moment>, detail: v1::StateDetail) -> Result<v1::GetStateResponse> {
+        let request =
+            v1::GetStateRequest { at: at.map(Moment::to_pb), consistency: self.consistency(), detail: detail as i32 };
+        Ok(self.grpc.clone().get_state(request).await?.into_inner())
     }
 
     /// Every event in `from..=to` matching `filter`, page by page.
@@ -156,10 +184,11 @@ pub async fn run(client: &Client, format: Format, args: ReplayArgs) -> Result<()
     match (args.command, args.at, args.from) {
         (Some(ReplayCommand::Workload { workload }), _, _) => story(client, format, &workload).await,
         (None, Some(at), _) => {
-            let state = client.get_state(Some(Moment::parse(&at, now)?)).await?;
+            let at = Some(Moment::parse(&at, now)?);
             match format {
-                Format::Table => emit(&render_state(&state)),
-                other => emit(&output::render_value(other, &state.view)?),
+                // The tables show placements by their summary.
+                Format::Table => emit(&render_state(&client.get_state_summaries(at).await?)),
+                other => emit(&output::render_value(other, &client.get_state(at).await?.view)?),
             }
         }
         (None, None, Some(from)) => {
@@ -257,7 +286,7 @@ async fn step(client: &Client, format: Format, from: Moment, to: Option<Moment>)
         Moment::Seq(seq) => client.get_state(Some(Moment::Seq(seq.saturating_sub(1)))).await?,
         at @ Moment::TimeMs(_) => client.get_state(Some(at)).await?,
     };
-    let end = client.get_state(to).await?.seq;
+    let end = client.state_head(to).await?.seq;
     if end < base.seq + 1 {
         return emit(&format!("no events between seq {} and seq {end}", base.seq + 1));
     }
@@ -311,7 +340,9 @@ pub struct StoryLine {
 }
 
 async fn story(client: &Client, format: Format, id_or_name: &str) -> Result<()> {
-    let present = client.get_state(None).await?;
+    // Only to find the workload and where the log ends: the story's
+    // placements come with their verdicts from the events.
+    let present = client.get_state_summaries(None).await?;
     let row = present
         .view
         .find_workload(id_or_name)

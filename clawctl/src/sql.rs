@@ -135,7 +135,7 @@ pub async fn export(client: &Client, command: ExportCommand) -> Result<()> {
     let to = match &args.to {
         Some(t) => resolve(client, Moment::parse(t, now)?, false).await?,
         // Fix the end now, so the file is one consistent range.
-        None => client.get_state(None).await?.seq,
+        None => client.state_head(None).await?.seq,
     };
     if to < from {
         bail!("nothing to export: --to (seq {to}) is before --from (seq {from})");
@@ -206,7 +206,7 @@ async fn resolve(client: &Client, moment: Moment, from: bool) -> Result<u64> {
     Ok(match moment {
         Moment::Seq(seq) => seq,
         at @ Moment::TimeMs(_) => {
-            let seq = client.get_state(Some(at)).await?.seq;
+            let seq = client.state_head(Some(at)).await?.seq;
             if from {
                 seq + 1
             } else {

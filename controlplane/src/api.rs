@@ -3,7 +3,7 @@ use std::pin::Pin;
 
 use claw_analytics::{batches_to_ipc, Analytics};
 use claw_commands::{derive_id, Actor, ActorKind, Command, CommandEnvelope, Event, Rejection};
-use claw_log::{ApplyResponse, EventFilter, LogNode};
+use claw_log::{ApplyResponse, EventFilter, LogNode, ViewTables};
 use claw_proto::v1::{self, claw_server::Claw, Consistency};
 use claw_proto::{command_from_pb, event_to_pb};
 use futures::{Stream, StreamExt};
@@ -444,7 +444,10 @@ impl Claw for ClawApi {
             let md = req.metadata().clone();
             return self.forward.client(&addr)?.get_state(Forwarder::request(&md, req.into_inner())).await;
         }
-        let at = req.into_inner().at;
+        let req = req.into_inner();
+        let detail = v1::StateDetail::try_from(req.detail)
+            .map_err(|_| Status::invalid_argument(format!("unknown state detail {}", req.detail)))?;
+        let at = req.at;
         let store = self.node.store.clone();
         // A past state is a checkpoint load plus a bounded replay: blocking
         // IO; encoding a long history's view takes a while too.
@@ -455,7 +458,15 @@ impl Claw for ClawApi {
                 Some(v1::get_state_request::At::Seq(seq)) => seq,
                 Some(v1::get_state_request::At::TimeMs(t)) => store.seq_at_time(t).map_err(past_state_error)?,
             };
-            let view = store.view_at(seq).map_err(past_state_error)?;
+            let view = match detail {
+                v1::StateDetail::Head => {
+                    let time_ms = store.time_at(seq).map_err(past_state_error)?;
+                    return Ok(v1::GetStateResponse { view_json: String::new(), seq, time_ms, last_seq });
+                }
+                v1::StateDetail::Summaries => store.view_at_summaries(seq, ViewTables::ALL),
+                v1::StateDetail::Full => store.view_at(seq),
+            }
+            .map_err(past_state_error)?;
             Ok::<_, Status>(v1::GetStateResponse {
                 view_json: to_json(&view)?,
                 seq: view.last_seq,

@@ -315,6 +315,26 @@ impl EventStore {
         Ok(view)
     }
 
+    /// The time of event `seq` (0 for seq 0, before the first event): what
+    /// a state read at `seq` says its moment is, without building the state.
+    pub fn time_at(&self, seq: u64) -> Result<i64> {
+        let last = self.last_seq();
+        if seq > last {
+            return Err(Error::BeyondEnd { requested: seq, last });
+        }
+        if seq == 0 {
+            return Ok(0);
+        }
+        self.stored_time(seq)
+    }
+
+    fn stored_time(&self, seq: u64) -> Result<i64> {
+        let rec: EventHead = self.shared.db.get_json(CF_EVENTS, &u64_key(seq))?.ok_or_else(|| {
+            Error::Storage(format!("event {seq} is missing from {}", self.shared.db.path().display()))
+        })?;
+        Ok(rec.time_ms)
+    }
+
     /// The seq of the last event stamped at or before `time_ms` (0 when
     /// the history starts later). Event times never decrease along the log,
     /// so the seq-keyed history is searched in O(log n) point reads.
@@ -326,21 +346,14 @@ impl EventStore {
         if last == 0 || oldest > last {
             return Ok(0);
         }
-        let time_of = |seq: u64| -> Result<i64> {
-            let key = u64_key(seq);
-            let rec: EventHead = self.shared.db.get_json(CF_EVENTS, &key)?.ok_or_else(|| {
-                Error::Storage(format!("event {seq} is missing from {}", self.shared.db.path().display()))
-            })?;
-            Ok(rec.time_ms)
-        };
-        if time_of(oldest)? > time_ms {
+        if self.stored_time(oldest)? > time_ms {
             return Ok(oldest - 1);
         }
         // Invariant: time(lo) <= time_ms; the answer is in lo..=hi.
         let (mut lo, mut hi) = (oldest, last);
         while lo < hi {
             let mid = lo + (hi - lo).div_ceil(2);
-            if time_of(mid)? <= time_ms {
+            if self.stored_time(mid)? <= time_ms {
                 lo = mid;
             } else {
                 hi = mid - 1;

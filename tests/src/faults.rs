@@ -321,7 +321,11 @@ async fn verify_inner(c: &DockerCluster, load: Load) -> std::result::Result<(Str
         }
         let mut cl = connect(&addr).await.map_err(|e| fail(e, &ops))?;
         let state = cl
-            .get_state(v1::GetStateRequest { at: None, consistency: v1::Consistency::Stale as i32 })
+            .get_state(v1::GetStateRequest {
+                at: None,
+                consistency: v1::Consistency::Stale as i32,
+                detail: v1::StateDetail::Full as i32,
+            })
             .await
             .map_err(|e| fail(e.into(), &ops))?
             .into_inner();

@@ -98,6 +98,43 @@ async fn replay_sql_and_exports_tell_the_same_history() -> Result<()> {
         .collect();
     ensure!(from_sql == from_replay, "seance {from_sql:?} vs replay {from_replay:?}");
 
+    // GetState's detail levels describe the same moment: the summaries are
+    // the whole view less each placement's per-node verdicts; the head only
+    // says which event the moment resolves to.
+    let mut grpc = connect(&addr).await?;
+    let mut state = async |detail: v1::StateDetail| -> Result<v1::GetStateResponse> {
+        let at = Some(v1::get_state_request::At::Seq(before));
+        let request = v1::GetStateRequest { at, consistency: 0, detail: detail as i32 };
+        Ok(grpc.get_state(request).await?.into_inner())
+    };
+    let full = state(v1::StateDetail::Full).await?;
+    let summaries = state(v1::StateDetail::Summaries).await?;
+    let head = state(v1::StateDetail::Head).await?;
+    let mut full_view: Value = serde_json::from_str(&full.view_json)?;
+    let mut verdicts = 0;
+    for w in full_view["workloads"].as_object_mut().context("workloads")?.values_mut() {
+        if let Some(considered) = w["placement"]["considered"].as_array_mut() {
+            verdicts += considered.len();
+            considered.clear();
+        }
+    }
+    ensure!(verdicts == 2, "each placement considered gpu-a: {}", full.view_json);
+    ensure!(full_view == serde_json::from_str::<Value>(&summaries.view_json)?, "summaries: {}", summaries.view_json);
+    ensure!(head.view_json.is_empty(), "the head carries no view: {}", head.view_json);
+    ensure!(
+        (head.seq, head.time_ms, head.last_seq) == (full.seq, full.time_ms, full.last_seq) && full.seq == before,
+        "head {head:?} vs full seq {} time {}",
+        full.seq,
+        full.time_ms
+    );
+    let beyond = v1::GetStateRequest {
+        at: Some(v1::get_state_request::At::Seq(after + 1_000)),
+        consistency: 0,
+        detail: v1::StateDetail::Head as i32,
+    };
+    let err = grpc.get_state(beyond).await.expect_err("a seq past the log's end");
+    ensure!(err.code() == tonic::Code::OutOfRange && err.message().contains("seq"), "{err:?}");
+
     // 2. diff and stepping name the cancel.
     let diff = ctl.ok(&["diff", &before.to_string(), &after.to_string()])?;
     ensure!(diff.contains("~ workload") && diff.contains("cancel_requested: false → true"), "{diff}");
