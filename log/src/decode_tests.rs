@@ -9,7 +9,6 @@
 mod mutate;
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::path::Path;
 
 use claw_commands::{
@@ -259,7 +258,7 @@ fn garbage_snapshots_are_rejected_naming_the_snapshot_and_leave_the_store_intact
                 *f = Follower::new().await;
             }
             let meta = fuzz_meta();
-            match f.sm.install_snapshot(&meta, Box::new(Cursor::new(input.bytes.clone()))).await {
+            match f.sm.install_snapshot(&meta, Box::new(crate::SnapshotData::new(input.bytes.clone()))).await {
                 Err(e) => {
                     let msg = e.to_string();
                     assert!(
@@ -451,7 +450,9 @@ fn a_snapshot_event_at_the_last_seq_is_rejected() {
     let mut f = rt.block_on(Follower::new());
     let before = rt.block_on(f.fingerprint());
     let data = serde_json::to_vec(&payload).expect("encode");
-    let err = rt.block_on(f.sm.install_snapshot(&fuzz_meta(), Box::new(Cursor::new(data)))).expect_err("rejected");
+    let err = rt
+        .block_on(f.sm.install_snapshot(&fuzz_meta(), Box::new(crate::SnapshotData::new(data))))
+        .expect_err("rejected");
     assert!(err.to_string().contains("could not decode snapshot fuzz-snapshot"), "{err}");
     assert!(rt.block_on(f.fingerprint()) == before);
 }
@@ -485,7 +486,7 @@ fn a_snapshot_whose_dedup_row_points_past_its_history_is_rejected() {
         row.last_seq = bad_last_seq;
         let mut f = rt.block_on(Follower::new());
         let data = serde_json::to_vec(&payload).expect("encode");
-        if rt.block_on(f.sm.install_snapshot(&fuzz_meta(), Box::new(Cursor::new(data)))).is_ok() {
+        if rt.block_on(f.sm.install_snapshot(&fuzz_meta(), Box::new(crate::SnapshotData::new(data)))).is_ok() {
             let retry = envelope(5, Command::StateIntent { text: "again".into() });
             let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 rt.block_on(f.sm.apply(vec![normal(41, vec![retry])])).map(drop).map_err(|e| e.to_string())
@@ -632,7 +633,7 @@ fn every_seed_is_valid() {
     let rt = runtime();
     for s in corpus("snapshot_payload") {
         let mut f = rt.block_on(Follower::new());
-        rt.block_on(f.sm.install_snapshot(&fuzz_meta(), Box::new(Cursor::new(s.bytes.clone()))))
+        rt.block_on(f.sm.install_snapshot(&fuzz_meta(), Box::new(crate::SnapshotData::new(s.bytes.clone()))))
             .unwrap_or_else(|e| panic!("{}: {e}", s.name));
     }
     for s in corpus("raft_rpc") {

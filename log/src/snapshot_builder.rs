@@ -1,5 +1,3 @@
-use std::io::Cursor;
-
 use openraft::{
     BasicNode, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
@@ -8,6 +6,7 @@ use rocksdb::WriteBatch;
 use crate::checkpoint::CheckpointRef;
 use crate::db::encode_json;
 use crate::keys::{SmMetaKey, CF_SM_META};
+use crate::snapshot_data::SnapshotData;
 use crate::snapshot_payload::SnapshotRecord;
 use crate::view_rows;
 use crate::{Error, EventStore, Result, TypeConfig};
@@ -83,7 +82,7 @@ impl SnapshotBuilder {
         // in RocksDB already. So building records the checkpoint and the
         // snapshot record only: O(state), not O(history). The full payload is
         // materialised by `get_current_snapshot` when a member needs it.
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotData::new(Vec::new())) })
     }
 }
 

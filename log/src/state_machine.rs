@@ -1,5 +1,4 @@
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::sync::atomic::Ordering;
 
 use claw_commands::{decide, evolve, verify_chain, Event, EventRecord, GENESIS_HASH};
@@ -15,6 +14,7 @@ use crate::dedup_row::DedupRow;
 use crate::event_store::Live;
 use crate::keys::{dedup_key, u64_key, SmMetaKey, CF_DEDUP, CF_EVENTS, CF_SM_META, CF_SUBJECTS};
 use crate::snapshot_builder::SnapshotBuilder;
+use crate::snapshot_data::SnapshotData;
 use crate::snapshot_payload::{SnapshotPayload, SnapshotRecord};
 use crate::subject_index;
 use crate::view_rows;
@@ -366,20 +366,27 @@ impl StateMachine {
         Ok(())
     }
 
+    /// The snapshot last built: its meta now, its payload (the checkpoint,
+    /// every event and the dedup rows) when a member reads it to send it.
+    /// openraft asks at every start-up for the meta alone.
     fn current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
         let db = self.store.db().clone();
         let Some(record) = db.get_json::<SnapshotRecord>(CF_SM_META, &SmMetaKey::Snapshot.encode())? else {
             return Ok(None);
         };
-        let key = SmMetaKey::Checkpoint(record.last_seq).encode();
-        let checkpoint: Checkpoint = db.get_json(CF_SM_META, &key)?.ok_or_else(|| {
-            Error::Storage(format!(
-                "snapshot {} needs the checkpoint at seq {}, which is missing from {CF_SM_META}",
-                record.meta.snapshot_id, record.last_seq
-            ))
-        })?;
-        let data = build_payload(&self.store, &record.meta, checkpoint)?;
-        Ok(Some(Snapshot { meta: record.meta, snapshot: Box::new(Cursor::new(data)) }))
+        let store = self.store.clone();
+        let meta = record.meta.clone();
+        let data = SnapshotData::deferred(move || {
+            let key = SmMetaKey::Checkpoint(record.last_seq).encode();
+            let checkpoint: Checkpoint = store.db().get_json(CF_SM_META, &key)?.ok_or_else(|| {
+                Error::Storage(format!(
+                    "snapshot {} needs the checkpoint at seq {}, which is missing from {CF_SM_META}",
+                    record.meta.snapshot_id, record.last_seq
+                ))
+            })?;
+            build_payload(&store, &record.meta, checkpoint)
+        });
+        Ok(Some(Snapshot { meta, snapshot: Box::new(data) }))
     }
 }
 
@@ -452,16 +459,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder::capture(&self.store)
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
+        Ok(Box::new(SnapshotData::new(Vec::new())))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<u64>> {
-        let data = snapshot.into_inner();
+        let data = snapshot
+            .into_bytes()
+            .map_err(|e| StorageError::from(openraft::StorageIOError::write_snapshot(Some(meta.signature()), &e)))?;
         self.install(meta, &data)
             .map_err(|e| StorageError::from(openraft::StorageIOError::write_snapshot(Some(meta.signature()), &e)))
     }

@@ -343,13 +343,23 @@ async fn snapshot_carries_the_full_history() {
     let (_log_f, mut sm_f, store_f) = open_storage(dir_f.path(), CHECKPOINT_EVERY).expect("open follower");
     let (firsts, _, index) = apply_generated(&mut sm_l, &store_l, 300).await;
 
-    let snap = sm_l.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let mut snap = sm_l.get_snapshot_builder().await.build_snapshot().await.expect("build");
     assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(index));
-    let current = sm_l.get_current_snapshot().await.expect("current").expect("a snapshot");
+    let mut current = sm_l.get_current_snapshot().await.expect("current").expect("a snapshot");
     assert_eq!(current.meta, snap.meta);
-    assert!(snap.snapshot.get_ref().is_empty(), "building does not materialise the history in memory");
-    let again = sm_l.get_current_snapshot().await.expect("current").expect("a snapshot");
-    assert_eq!(current.snapshot.get_ref(), again.snapshot.get_ref(), "the materialised snapshot is deterministic");
+    assert!(
+        snap.snapshot.is_built() && snap.snapshot.bytes().expect("bytes").is_empty(),
+        "building does not materialise the history in memory"
+    );
+    // openraft asks for the current snapshot at every start-up, for its
+    // meta: the payload (every event) is built only when read.
+    assert!(!current.snapshot.is_built(), "asking for the current snapshot builds no payload");
+    let mut again = sm_l.get_current_snapshot().await.expect("current").expect("a snapshot");
+    assert_eq!(
+        current.snapshot.bytes().expect("payload"),
+        again.snapshot.bytes().expect("payload"),
+        "the materialised snapshot is deterministic"
+    );
 
     sm_f.install_snapshot(&current.meta, current.snapshot).await.expect("install");
     assert_eq!(store_f.last_seq(), store_l.last_seq());
@@ -392,16 +402,17 @@ async fn installing_a_snapshot_takes_the_state_from_its_events_not_its_checkpoin
     apply_generated(&mut sm_l, &store_l, 200).await;
     sm_l.get_snapshot_builder().await.build_snapshot().await.expect("build");
     let current = sm_l.get_current_snapshot().await.expect("current").expect("a snapshot");
+    let meta = current.meta.clone();
 
     // A sender whose checkpoint says the cluster is empty, while its
     // (hash-chained) events say otherwise.
     let mut payload: crate::snapshot_payload::SnapshotPayload =
-        serde_json::from_slice(current.snapshot.get_ref()).expect("payload");
+        serde_json::from_slice(&current.snapshot.into_bytes().expect("payload")).expect("payload");
     assert_ne!(payload.checkpoint.view, ClusterView::default(), "the history has some state to lose");
     payload.checkpoint.decision = DecisionState::default();
     payload.checkpoint.view = ClusterView::default();
     let data = serde_json::to_vec(&payload).expect("encode");
-    sm_f.install_snapshot(&current.meta, Box::new(std::io::Cursor::new(data))).await.expect("install");
+    sm_f.install_snapshot(&meta, Box::new(crate::SnapshotData::new(data))).await.expect("install");
 
     assert_eq!(store_f.view(), store_l.view());
     assert_eq!(store_f.decision(), store_l.decision());
