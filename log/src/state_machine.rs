@@ -315,12 +315,8 @@ impl StateMachine {
                 view_rows::put_checkpoint(&db, &mut batch, &view, changed)?;
             }
             if rec.seq % every.full_every == 0 && rec.seq < every.rows_every && rec.seq != cp.last_seq {
-                let periodic = Checkpoint {
-                    last_seq: rec.seq,
-                    last_hash: rec.hash.clone(),
-                    decision: decision.clone(),
-                    view: view.clone(),
-                };
+                let periodic =
+                    CheckpointRef { last_seq: rec.seq, last_hash: &rec.hash, decision: &decision, view: &view };
                 batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(rec.seq).encode(), encode_json("checkpoint", &periodic)?);
             }
         }
@@ -468,10 +464,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<u64, BasicNode>,
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<u64>> {
-        let data = snapshot
+        snapshot
             .into_bytes()
-            .map_err(|e| StorageError::from(openraft::StorageIOError::write_snapshot(Some(meta.signature()), &e)))?;
-        self.install(meta, &data)
+            .map_err(|e| Error::Storage(format!("reading snapshot {}: {e}", meta.snapshot_id)))
+            .and_then(|data| self.install(meta, &data))
             .map_err(|e| StorageError::from(openraft::StorageIOError::write_snapshot(Some(meta.signature()), &e)))
     }
 
