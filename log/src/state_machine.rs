@@ -12,7 +12,7 @@ use crate::checkpoint::{Checkpoint, CheckpointRef};
 use crate::db::{decode_json, encode_json};
 use crate::dedup_row::DedupRow;
 use crate::event_store::Live;
-use crate::keys::{dedup_key, u64_key, SmMetaKey, CF_DEDUP, CF_EVENTS, CF_SM_META, CF_SUBJECTS};
+use crate::keys::{decode_u64, dedup_key, u64_key, SmMetaKey, CF_DEDUP, CF_EVENTS, CF_SM_META, CF_SUBJECTS};
 use crate::snapshot_builder::SnapshotBuilder;
 use crate::snapshot_data::SnapshotData;
 use crate::snapshot_payload::{SnapshotPayload, SnapshotRecord};
@@ -372,23 +372,13 @@ impl StateMachine {
         };
         let store = self.store.clone();
         let meta = record.meta.clone();
-        let data = SnapshotData::deferred(move || {
-            let key = SmMetaKey::Checkpoint(record.last_seq).encode();
-            let checkpoint: Checkpoint = store.db().get_json(CF_SM_META, &key)?.ok_or_else(|| {
-                Error::Storage(format!(
-                    "snapshot {} needs the checkpoint at seq {}, which is missing from {CF_SM_META}",
-                    record.meta.snapshot_id, record.last_seq
-                ))
-            })?;
-            build_payload(&store, &record.meta, checkpoint)
-        });
+        let data = SnapshotData::streamed(std::sync::Arc::new(move || {
+            Box::new(PayloadPieces::new(store.clone(), record.clone())) as crate::snapshot_data::Pieces
+        }));
         Ok(Some(Snapshot { meta, snapshot: Box::new(data) }))
     }
 }
 
-/// Serialises a snapshot's payload: the checkpoint, every event up to it
-/// (re-read from RocksDB; events are immutable so this is exact) and the
-/// dedup rows of the entries it covers.
 /// Events per row of the view between two whole-state checkpoints, at least.
 const FULL_CHECKPOINT_EVENTS_PER_ROW: u64 = 8;
 
@@ -402,29 +392,148 @@ pub(crate) fn full_checkpoint_spacing(every: u64, view: &claw_projections::Clust
     every.max(rows as u64 * FULL_CHECKPOINT_EVENTS_PER_ROW)
 }
 
-pub(crate) fn build_payload(
-    store: &EventStore,
-    meta: &SnapshotMeta<u64, BasicNode>,
-    checkpoint: Checkpoint,
-) -> Result<Vec<u8>> {
-    let events = store.read_range(1, checkpoint.last_seq)?;
-    let upto = meta.last_log_id.map(|l| l.index);
-    let mut dedup = Vec::new();
-    store.db().scan(CF_DEDUP, &[], |k, v| {
-        let row: DedupRow = decode_json(CF_DEDUP, k, v)?;
-        if upto.is_some_and(|u| row.raft_index <= u) {
-            dedup.push(row);
+/// About this many bytes per piece of a snapshot's payload.
+const PAYLOAD_PIECE_BYTES: usize = 1 << 20;
+
+/// A snapshot's payload ([`SnapshotPayload`]'s JSON) produced piece by
+/// piece from RocksDB: the header with the stored whole-state checkpoint,
+/// then every event up to it (their stored JSON, copied; events are
+/// immutable, so every pass yields the same bytes), then the dedup rows of
+/// the entries it covers. Holds one piece at a time, never the history.
+pub(crate) struct PayloadPieces {
+    store: EventStore,
+    record: SnapshotRecord,
+    step: PayloadStep,
+    piece_bytes: usize,
+}
+
+enum PayloadStep {
+    Header,
+    /// The next event's seq.
+    Events(u64),
+    /// Dedup rows from this key on; whether one was written yet.
+    Dedup {
+        from: Vec<u8>,
+        wrote: bool,
+    },
+    Done,
+}
+
+impl PayloadPieces {
+    pub(crate) fn new(store: EventStore, record: SnapshotRecord) -> PayloadPieces {
+        PayloadPieces { store, record, step: PayloadStep::Header, piece_bytes: PAYLOAD_PIECE_BYTES }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_piece_bytes(mut self, piece_bytes: usize) -> PayloadPieces {
+        self.piece_bytes = piece_bytes;
+        self
+    }
+
+    fn header(&self) -> Result<Vec<u8>> {
+        let record = &self.record;
+        let key = SmMetaKey::Checkpoint(record.last_seq).encode();
+        let checkpoint = self.store.db().get_raw(CF_SM_META, &key)?.ok_or_else(|| {
+            Error::Storage(format!(
+                "snapshot {} needs the checkpoint at seq {}, which is missing from {CF_SM_META}",
+                record.meta.snapshot_id, record.last_seq
+            ))
+        })?;
+        let mut out = Vec::with_capacity(checkpoint.len() + 256);
+        out.extend_from_slice(b"{\"last_applied\":");
+        out.extend(encode_json("snapshot meta", &record.meta.last_log_id)?);
+        out.extend_from_slice(b",\"membership\":");
+        out.extend(encode_json("snapshot meta", &record.meta.last_membership)?);
+        out.extend_from_slice(b",\"checkpoint\":");
+        out.extend(checkpoint);
+        out.extend_from_slice(b",\"events\":[");
+        Ok(out)
+    }
+
+    /// Events from `from` on, up to about a piece's bytes; the next seq.
+    fn events(&self, from: u64) -> Result<(Vec<u8>, u64)> {
+        let last = self.record.last_seq;
+        let mut out = Vec::with_capacity(self.piece_bytes + 4096);
+        let mut next = from;
+        self.store.db().scan(CF_EVENTS, &u64_key(from), |k, v| {
+            if decode_u64(k) != Some(next) || next > last {
+                return Ok(false);
+            }
+            if next > 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(v);
+            next += 1;
+            Ok(out.len() < self.piece_bytes && next <= last)
+        })?;
+        if next == from && from <= last {
+            return Err(Error::Storage(format!(
+                "snapshot {} needs event {from}, which is missing from {}",
+                self.record.meta.snapshot_id,
+                self.store.db().path().display()
+            )));
         }
-        Ok(true)
-    })?;
-    let payload = SnapshotPayload {
-        last_applied: meta.last_log_id,
-        membership: meta.last_membership.clone(),
-        checkpoint,
-        events,
-        dedup,
-    };
-    encode_json("snapshot payload", &payload)
+        Ok((out, next))
+    }
+
+    /// Dedup rows from key `start` on, up to about a piece's bytes, each
+    /// after a comma once `wrote` says one was written; where to go on
+    /// from, or `None` when none is left.
+    fn dedup(&self, start: &[u8], wrote: &mut bool) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+        let upto = self.record.meta.last_log_id.map(|l| l.index);
+        let mut out = Vec::new();
+        let mut go_on = None;
+        self.store.db().scan(CF_DEDUP, start, |k, v| {
+            if out.len() >= self.piece_bytes {
+                go_on = Some(k.to_vec());
+                return Ok(false);
+            }
+            let row: DedupRow = decode_json(CF_DEDUP, k, v)?;
+            if upto.is_some_and(|u| row.raft_index <= u) {
+                if *wrote {
+                    out.push(b',');
+                }
+                *wrote = true;
+                out.extend_from_slice(v);
+            }
+            Ok(true)
+        })?;
+        Ok((out, go_on))
+    }
+
+    fn step(&mut self) -> Result<Option<Vec<u8>>> {
+        let (mut piece, next) = match std::mem::replace(&mut self.step, PayloadStep::Done) {
+            PayloadStep::Done => return Ok(None),
+            PayloadStep::Header => (self.header()?, PayloadStep::Events(1)),
+            PayloadStep::Events(from) if from <= self.record.last_seq => {
+                let (piece, next) = self.events(from)?;
+                (piece, PayloadStep::Events(next))
+            }
+            PayloadStep::Events(_) => {
+                (b"],\"dedup\":[".to_vec(), PayloadStep::Dedup { from: Vec::new(), wrote: false })
+            }
+            PayloadStep::Dedup { from, mut wrote } => {
+                let (piece, go_on) = self.dedup(&from, &mut wrote)?;
+                match go_on {
+                    Some(from) => (piece, PayloadStep::Dedup { from, wrote }),
+                    None => (piece, PayloadStep::Done),
+                }
+            }
+        };
+        if matches!(next, PayloadStep::Done) {
+            piece.extend_from_slice(b"]}");
+        }
+        self.step = next;
+        Ok(Some(piece))
+    }
+}
+
+impl Iterator for PayloadPieces {
+    type Item = Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Result<Vec<u8>>> {
+        self.step().transpose()
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

@@ -393,6 +393,85 @@ async fn snapshot_carries_the_full_history() {
     assert_eq!(resp.events, first.events);
 }
 
+/// The payload a member sends is produced in pieces of about a bounded
+/// size straight from RocksDB (a 10 M-event history is several GiB of it),
+/// and is exactly the snapshot's content: the checkpoint, every event in
+/// order and the dedup rows of the entries it covers, as JSON any receiver
+/// decodes in one piece.
+#[tokio::test]
+async fn snapshot_payload_is_produced_in_bounded_pieces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm, store) = open_storage(dir.path(), CHECKPOINT_EVERY).expect("open");
+    let (_, _, index) = apply_generated(&mut sm, &store, 300).await;
+    let snap = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    // Applied after the snapshot: neither its events nor its dedup rows
+    // belong to it.
+    let env = CommandEnvelope {
+        command_id: "after-the-snapshot".into(),
+        actor: Actor::user("ada"),
+        time_ms: 0,
+        correlation_id: "after-the-snapshot".into(),
+        command: Command::StateIntent { text: "later".into() },
+    };
+    assert!(!single(sm.apply(vec![normal(index + 1, env)]).await.expect("apply")).duplicate);
+    let record: crate::snapshot_payload::SnapshotRecord =
+        store.db().get_json(CF_SM_META, &SmMetaKey::Snapshot.encode()).expect("read").expect("a snapshot record");
+    assert_eq!(record.meta, snap.meta);
+
+    const PIECE: usize = 4096;
+    let pieces: Vec<Vec<u8>> = super::PayloadPieces::new(store.clone(), record.clone())
+        .with_piece_bytes(PIECE)
+        .collect::<crate::Result<_>>()
+        .expect("pieces");
+    let biggest_event = all_events(&store).iter().map(|r| serde_json::to_vec(r).expect("json").len()).max();
+    let header = pieces[0].len();
+    assert!(pieces.len() > 10, "{} pieces", pieces.len());
+    for (i, p) in pieces.iter().enumerate().skip(1) {
+        assert!(p.len() <= PIECE + biggest_event.unwrap_or(0) + 1, "piece {i}: {} bytes", p.len());
+    }
+    let bytes = pieces.concat();
+    let payload: crate::snapshot_payload::SnapshotPayload = serde_json::from_slice(&bytes).expect("one JSON payload");
+    assert!(header < bytes.len() / 4, "the header holds the checkpoint, not the events");
+
+    let last_seq = record.last_seq;
+    assert!(last_seq < store.last_seq());
+    assert_eq!(payload.events, store.read_range(1, last_seq).expect("events"));
+    let upto = snap.meta.last_log_id.map(|l| l.index).expect("applied");
+    let mut dedup = Vec::new();
+    store
+        .db()
+        .scan(crate::keys::CF_DEDUP, &[], |k, v| {
+            let row: crate::dedup_row::DedupRow = crate::db::decode_json(crate::keys::CF_DEDUP, k, v)?;
+            if row.raft_index <= upto {
+                dedup.push(row);
+            }
+            Ok(true)
+        })
+        .expect("dedup");
+    assert!(!dedup.is_empty());
+    assert_eq!(payload.dedup, dedup);
+    assert_eq!(payload.last_applied, snap.meta.last_log_id);
+    assert_eq!(payload.membership, snap.meta.last_membership);
+    assert_eq!(payload.checkpoint.last_seq, last_seq);
+    assert_eq!(Some(&payload.checkpoint.last_hash), payload.events.last().map(|r| &r.hash));
+    assert_eq!(payload.checkpoint.view.last_seq, last_seq);
+    // The same bytes whatever the piece size.
+    let whole: Vec<u8> =
+        super::PayloadPieces::new(store.clone(), record).collect::<crate::Result<Vec<_>>>().expect("pieces").concat();
+    assert_eq!(whole, bytes);
+
+    // A history with a hole is refused by name, not sent short.
+    let db = store.db();
+    db.delete_range(crate::keys::CF_EVENTS, &crate::keys::u64_key(150), &crate::keys::u64_key(151)).expect("delete");
+    let record: crate::snapshot_payload::SnapshotRecord =
+        db.get_json(CF_SM_META, &SmMetaKey::Snapshot.encode()).expect("read").expect("record");
+    let err = super::PayloadPieces::new(store.clone(), record)
+        .with_piece_bytes(PIECE)
+        .collect::<crate::Result<Vec<_>>>()
+        .expect_err("event 150 is gone");
+    assert!(err.to_string().contains("needs event 150"), "{err}");
+}
+
 #[tokio::test]
 async fn installing_a_snapshot_takes_the_state_from_its_events_not_its_checkpoint() {
     let dir_l = tempfile::tempdir().expect("tempdir");
