@@ -16,7 +16,9 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, Cursor, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -36,12 +38,58 @@ pub struct SnapshotData {
 enum Inner {
     Bytes(Cursor<Vec<u8>>),
     Streamed(Box<Streamed>),
+    Spooled(Spool),
+}
+
+/// A snapshot being received, written to a file beside the database rather
+/// than held in memory; the file goes with it.
+struct Spool {
+    file: tokio::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The prefix of the files snapshots are received into; any left by a
+/// crash are removed when the store opens ([`remove_stale_spools`]).
+const SPOOL_PREFIX: &str = "incoming-snapshot-";
+
+/// Removes the receive files a crash left in `dir`.
+pub(crate) fn remove_stale_spools(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(SPOOL_PREFIX) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 impl SnapshotData {
     /// Bytes already in memory (a snapshot being received, or an empty one).
     pub fn new(bytes: Vec<u8>) -> SnapshotData {
         SnapshotData { inner: Inner::Bytes(Cursor::new(bytes)) }
+    }
+
+    /// An empty file in `dir` to receive a snapshot into.
+    pub(crate) async fn spool(dir: &Path) -> io::Result<SnapshotData> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path =
+            dir.join(format!("{SPOOL_PREFIX}{}-{}.part", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let file = tokio::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).await?;
+        Ok(SnapshotData { inner: Inner::Spooled(Spool { file, path }) })
+    }
+
+    /// The file a received snapshot was written to, if it was.
+    pub(crate) fn spooled_path(&self) -> Option<&Path> {
+        match &self.inner {
+            Inner::Spooled(s) => Some(&s.path),
+            _ => None,
+        }
     }
 
     /// Bytes that `source` produces piece by piece as they are read; never
@@ -72,12 +120,14 @@ impl SnapshotData {
     /// The bytes, all in memory: a streamed payload is produced whole first
     /// (for tests and small snapshots; openraft reads it in chunks instead).
     pub fn bytes(&mut self) -> io::Result<&[u8]> {
-        if let Inner::Streamed(s) = &self.inner {
-            self.inner = Inner::Bytes(Cursor::new(collect(&s.source)?));
+        match &self.inner {
+            Inner::Bytes(_) => {}
+            Inner::Streamed(s) => self.inner = Inner::Bytes(Cursor::new(collect(&s.source)?)),
+            Inner::Spooled(s) => self.inner = Inner::Bytes(Cursor::new(std::fs::read(&s.path)?)),
         }
         match &self.inner {
             Inner::Bytes(c) => Ok(c.get_ref()),
-            Inner::Streamed(_) => unreachable!("made into bytes above"),
+            _ => unreachable!("made into bytes above"),
         }
     }
 
@@ -86,6 +136,7 @@ impl SnapshotData {
         match self.inner {
             Inner::Bytes(c) => Ok(c.into_inner()),
             Inner::Streamed(s) => collect(&s.source),
+            Inner::Spooled(s) => std::fs::read(&s.path),
         }
     }
 }
@@ -110,6 +161,7 @@ impl std::fmt::Debug for SnapshotData {
                 None => f.write_str("SnapshotData(streamed)"),
             },
             Inner::Bytes(c) => write!(f, "SnapshotData({} bytes)", c.get_ref().len()),
+            Inner::Spooled(s) => write!(f, "SnapshotData(receiving into {})", s.path.display()),
         }
     }
 }
@@ -288,6 +340,7 @@ impl AsyncRead for SnapshotData {
         match &mut self.get_mut().inner {
             Inner::Bytes(c) => Pin::new(c).poll_read(cx, buf),
             Inner::Streamed(s) => s.poll_read(cx, buf),
+            Inner::Spooled(s) => Pin::new(&mut s.file).poll_read(cx, buf),
         }
     }
 }
@@ -300,6 +353,7 @@ impl AsyncSeek for SnapshotData {
                 s.seek = Some(position);
                 Ok(())
             }
+            Inner::Spooled(s) => Pin::new(&mut s.file).start_seek(position),
         }
     }
 
@@ -307,6 +361,7 @@ impl AsyncSeek for SnapshotData {
         match &mut self.get_mut().inner {
             Inner::Bytes(c) => Pin::new(c).poll_complete(cx),
             Inner::Streamed(s) => s.poll_seek(cx),
+            Inner::Spooled(s) => Pin::new(&mut s.file).poll_complete(cx),
         }
     }
 }
@@ -320,6 +375,7 @@ impl AsyncWrite for SnapshotData {
         match &mut self.get_mut().inner {
             Inner::Bytes(c) => Pin::new(c).poll_write(cx, data),
             Inner::Streamed(_) => Poll::Ready(Err(not_writable())),
+            Inner::Spooled(s) => Pin::new(&mut s.file).poll_write(cx, data),
         }
     }
 
@@ -327,6 +383,7 @@ impl AsyncWrite for SnapshotData {
         match &mut self.get_mut().inner {
             Inner::Bytes(c) => Pin::new(c).poll_flush(cx),
             Inner::Streamed(_) => Poll::Ready(Ok(())),
+            Inner::Spooled(s) => Pin::new(&mut s.file).poll_flush(cx),
         }
     }
 
@@ -334,6 +391,7 @@ impl AsyncWrite for SnapshotData {
         match &mut self.get_mut().inner {
             Inner::Bytes(c) => Pin::new(c).poll_shutdown(cx),
             Inner::Streamed(_) => Poll::Ready(Ok(())),
+            Inner::Spooled(s) => Pin::new(&mut s.file).poll_shutdown(cx),
         }
     }
 }

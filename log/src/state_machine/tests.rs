@@ -472,6 +472,57 @@ async fn snapshot_payload_is_produced_in_bounded_pieces() {
     assert!(err.to_string().contains("needs event 150"), "{err}");
 }
 
+/// A member receives a snapshot into a file beside its database (a long
+/// history is more than memory), installs it from there reading it one
+/// event at a time, and removes the file; a file a crash left behind is
+/// removed when the store opens.
+#[tokio::test]
+async fn a_received_snapshot_is_spooled_to_disk_and_the_file_removed() {
+    use tokio::io::AsyncWriteExt;
+
+    let dir_l = tempfile::tempdir().expect("tempdir");
+    let dir_f = tempfile::tempdir().expect("tempdir");
+    let (_log_l, mut sm_l, store_l) = open_storage(dir_l.path(), CHECKPOINT_EVERY).expect("open leader");
+    apply_generated(&mut sm_l, &store_l, 200).await;
+    sm_l.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let mut current = sm_l.get_current_snapshot().await.expect("current").expect("a snapshot");
+    let bytes = current.snapshot.bytes().expect("payload").to_vec();
+
+    let stale = dir_f.path().join("incoming-snapshot-1-0.part");
+    std::fs::create_dir_all(dir_f.path()).expect("dir");
+    std::fs::write(&stale, b"half a snapshot").expect("write");
+    let (_log_f, mut sm_f, store_f) = open_storage(dir_f.path(), CHECKPOINT_EVERY).expect("open follower");
+    assert!(!stale.exists(), "a receive file left by a crash is removed at open");
+
+    let spools = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .expect("read dir")
+            .filter(|e| e.as_ref().expect("entry").file_name().to_string_lossy().starts_with("incoming-snapshot-"))
+            .count()
+    };
+    let mut data = sm_f.begin_receiving_snapshot().await.expect("begin");
+    for chunk in bytes.chunks(1000) {
+        data.write_all(chunk).await.expect("write");
+    }
+    data.shutdown().await.expect("shutdown");
+    assert_eq!(spools(dir_f.path()), 1, "received into a file");
+    assert!(!data.is_built(), "not held in memory");
+    sm_f.install_snapshot(&current.meta, data).await.expect("install");
+    assert_eq!(spools(dir_f.path()), 0, "the file goes after the install");
+    assert_eq!(store_f.last_hash(), store_l.last_hash());
+    assert_eq!(store_f.view(), store_l.view());
+    assert_eq!(all_events(&store_f), all_events(&store_l));
+
+    // A broken file is refused by name, and goes too.
+    let mut data = sm_f.begin_receiving_snapshot().await.expect("begin");
+    data.write_all(&bytes[..bytes.len() / 2]).await.expect("write");
+    data.shutdown().await.expect("shutdown");
+    let err = sm_f.install_snapshot(&current.meta, data).await.expect_err("half a snapshot");
+    assert!(err.to_string().contains(&current.meta.snapshot_id), "{err}");
+    assert_eq!(spools(dir_f.path()), 0);
+    assert_eq!(all_events(&store_f), all_events(&store_l), "a refused snapshot loses nothing");
+}
+
 #[tokio::test]
 async fn installing_a_snapshot_takes_the_state_from_its_events_not_its_checkpoint() {
     let dir_l = tempfile::tempdir().expect("tempdir");
