@@ -59,12 +59,15 @@ pub(crate) enum SmMetaKey {
     Checkpoint(u64),
     /// The first seq the subject index covers.
     SubjectsFrom,
+    /// A snapshot install under way (`snapshot_install`).
+    Installing,
 }
 
 const SM_LAST_APPLIED: u8 = 0x01;
 const SM_MEMBERSHIP: u8 = 0x02;
 const SM_SNAPSHOT: u8 = 0x03;
 const SM_SUBJECTS_FROM: u8 = 0x04;
+const SM_INSTALLING: u8 = 0x05;
 const SM_CHECKPOINT: u8 = 0x10;
 
 impl SmMetaKey {
@@ -74,6 +77,7 @@ impl SmMetaKey {
             SmMetaKey::Membership => vec![SM_MEMBERSHIP],
             SmMetaKey::Snapshot => vec![SM_SNAPSHOT],
             SmMetaKey::SubjectsFrom => vec![SM_SUBJECTS_FROM],
+            SmMetaKey::Installing => vec![SM_INSTALLING],
             SmMetaKey::Checkpoint(seq) => {
                 let mut k = Vec::with_capacity(9);
                 k.push(SM_CHECKPOINT);

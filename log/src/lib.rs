@@ -30,6 +30,7 @@ mod raft_rpc_service;
 mod rollup;
 mod snapshot_builder;
 mod snapshot_data;
+mod snapshot_install;
 mod snapshot_pacer;
 mod snapshot_payload;
 mod state_machine;

@@ -62,6 +62,7 @@ pub(crate) fn open_storage_with(
         return Err(Error::Storage("checkpoint_every and full_checkpoint_every must be at least 1".to_string()));
     }
     let db = Db::open(dir, verify_checksums)?;
+    crate::snapshot_install::resume(&db, every)?;
     crate::snapshot_data::remove_stale_spools(dir)
         .map_err(|e| Error::Storage(format!("cannot remove unfinished snapshot files in {}: {e}", dir.display())))?;
     let counters = Arc::new(Counters::default());

@@ -46,11 +46,14 @@ enum Inner {
 struct Spool {
     file: tokio::fs::File,
     path: PathBuf,
+    keep: bool,
 }
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -81,7 +84,15 @@ impl SnapshotData {
         let path =
             dir.join(format!("{SPOOL_PREFIX}{}-{}.part", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         let file = tokio::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).await?;
-        Ok(SnapshotData { inner: Inner::Spooled(Spool { file, path }) })
+        Ok(SnapshotData { inner: Inner::Spooled(Spool { file, path, keep: false }) })
+    }
+
+    /// Keeps the receive file when this goes: an interrupted install
+    /// resumes from it.
+    pub(crate) fn keep_file(&mut self) {
+        if let Inner::Spooled(s) = &mut self.inner {
+            s.keep = true;
+        }
     }
 
     /// The file a received snapshot was written to, if it was.

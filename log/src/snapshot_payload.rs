@@ -86,6 +86,7 @@ impl<'de> serde::de::Visitor<'de> for PayloadSeed<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         use serde::de::Error as _;
         let (mut checkpoint, mut events, mut dedup) = (false, false, false);
+        let (mut last_applied, mut membership) = (false, false);
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "checkpoint" if events => return Err(A::Error::custom("the checkpoint must come before the events")),
@@ -104,12 +105,28 @@ impl<'de> serde::de::Visitor<'de> for PayloadSeed<'_> {
                     dedup = true;
                     self.visit.dedup(rows).map_err(|e| stop(self.failed, e))?;
                 }
+                // The receiver takes both from the snapshot's meta; they are
+                // checked all the same, as the format defines them.
+                "last_applied" => {
+                    map.next_value::<Option<LogId<u64>>>()?;
+                    last_applied = true;
+                }
+                "membership" => {
+                    map.next_value::<StoredMembership<u64, BasicNode>>()?;
+                    membership = true;
+                }
                 _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
         }
-        for (seen, field) in [(checkpoint, "checkpoint"), (events, "events"), (dedup, "dedup")] {
+        for (seen, field) in [
+            (last_applied, "last_applied"),
+            (membership, "membership"),
+            (checkpoint, "checkpoint"),
+            (events, "events"),
+            (dedup, "dedup"),
+        ] {
             if !seen {
                 return Err(A::Error::missing_field(field));
             }

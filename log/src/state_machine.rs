@@ -2,21 +2,22 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::Ordering;
 
-use claw_commands::{decide, evolve, verify_chain, ChainError, Event, EventRecord, GENESIS_HASH};
+use claw_commands::{decide, evolve, Event, EventRecord};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, Snapshot, SnapshotMeta, StorageError, StoredMembership,
 };
 use rocksdb::WriteBatch;
 
-use crate::checkpoint::{Checkpoint, CheckpointRef};
+use crate::checkpoint::CheckpointRef;
 use crate::db::{decode_json, encode_json};
 use crate::dedup_row::DedupRow;
 use crate::event_store::Live;
 use crate::keys::{decode_u64, dedup_key, u64_key, SmMetaKey, CF_DEDUP, CF_EVENTS, CF_SM_META, CF_SUBJECTS};
 use crate::snapshot_builder::SnapshotBuilder;
 use crate::snapshot_data::SnapshotData;
-use crate::snapshot_payload::{visit_payload, PayloadVisit, SnapshotRecord};
+use crate::snapshot_install;
+use crate::snapshot_payload::SnapshotRecord;
 use crate::subject_index;
 use crate::view_rows;
 use crate::{ApplyResponse, BatchResponse, CommandBatch, Error, EventStore, Result, TypeConfig};
@@ -231,83 +232,27 @@ impl StateMachine {
         Ok(responses)
     }
 
-    /// Installs a received snapshot, read twice from `open`'s readers: a
-    /// first pass checks it (its hash chain, its length against its
-    /// checkpoint, its dedup rows against its events) and writes nothing,
-    /// so a broken snapshot leaves the store as it was; a second folds and
-    /// stores it in one atomic write. Neither holds the decoded history.
+    /// Installs a received snapshot (see [`snapshot_install`]), read from
+    /// `open`'s readers, then makes its state the live one. `spool` is the
+    /// file `open` reads, if any: an install interrupted after it began
+    /// writing resumes from it when the store next opens.
     fn install<'a>(
         &mut self,
         meta: &SnapshotMeta<u64, BasicNode>,
         open: &dyn Fn() -> Result<Box<dyn Read + 'a>>,
+        spool: Option<&std::path::Path>,
     ) -> Result<()> {
-        let what = format!("snapshot {}", meta.snapshot_id);
-        let mut check = InstallCheck::new(&what);
-        visit_payload(open()?, &what, &mut check)?;
-        let mut cp = check.finish()?;
-        cp.decision.reindex();
-
-        let db = self.store.db().clone();
-        let events_cf = db.cf(CF_EVENTS)?;
-        let dedup_cf = db.cf(CF_DEDUP)?;
-        let sm_cf = db.cf(CF_SM_META)?;
-        let subjects_cf = db.cf(CF_SUBJECTS)?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(&events_cf, u64_key(0), u64_key(u64::MAX));
-        batch.delete_cf(&events_cf, u64_key(u64::MAX));
-        // Command ids are UTF-8, which never contains the byte 0xFF.
-        batch.delete_range_cf(&dedup_cf, &[][..], &[0xFFu8][..]);
-        let (cp_from, cp_to) = SmMetaKey::checkpoint_range();
-        batch.delete_range_cf(&sm_cf, cp_from, cp_to);
-        view_rows::delete_all(&db, &mut batch)?;
-        subject_index::reset(&db, &mut batch)?;
-        // Rebuild the periodic checkpoints the snapshot's history spans, so
-        // past states are as cheap to read here as on the member that sent
-        // it: row checkpoints all along, whole-state ones only where no row
-        // checkpoint precedes them (past states read nothing else there).
-        let mut fold = InstallFold {
-            db: &db,
-            batch,
-            events_cf: &events_cf,
-            dedup_cf: &dedup_cf,
-            sm_cf: &sm_cf,
-            subjects_cf: &subjects_cf,
-            every: self.store.checkpoints(),
-            last_seq: cp.last_seq,
-            decision: claw_commands::DecisionState::default(),
-            view: claw_projections::ClusterView::default(),
-        };
-        visit_payload(open()?, &what, &mut fold)?;
-        let InstallFold { mut batch, decision, view, .. } = fold;
-        // The state is the fold of the (hash-verified) events; the sender's
-        // checkpoint is not trusted for it. A disagreement means the sender
-        // runs other rules or its checkpoint was damaged: say so.
-        if decision != cp.decision || view != cp.view {
-            tracing::warn!(
-                snapshot = %meta.snapshot_id,
-                last_seq = cp.last_seq,
-                "the snapshot's checkpoint state differs from the fold of its events; installing the fold"
-            );
-        }
-        let checkpoint = Checkpoint { last_seq: cp.last_seq, last_hash: cp.last_hash.clone(), decision, view };
-        batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(cp.last_seq).encode(), encode_json("checkpoint", &checkpoint)?);
-        match &meta.last_log_id {
-            Some(l) => batch.put_cf(&sm_cf, SmMetaKey::LastApplied.encode(), encode_json("last applied log id", l)?),
-            None => batch.delete_cf(&sm_cf, SmMetaKey::LastApplied.encode()),
-        }
-        batch.put_cf(&sm_cf, SmMetaKey::Membership.encode(), encode_json("membership", &meta.last_membership)?);
-        let record = SnapshotRecord { meta: meta.clone(), last_seq: cp.last_seq, last_hash: cp.last_hash.clone() };
-        batch.put_cf(&sm_cf, SmMetaKey::Snapshot.encode(), encode_json("snapshot record", &record)?);
+        let cp = snapshot_install::check(meta, open)?;
         // Past-state readers retry while the generation is odd or moved.
         let installs = &self.store.shared.installs;
         installs.fetch_add(1, Ordering::AcqRel);
-        let written = db.write(batch, true);
-        if written.is_ok() {
+        let written = snapshot_install::write(self.store.db(), self.store.checkpoints(), meta, cp, open, spool);
+        if let Ok(checkpoint) = &written {
             let mut live = self.store.write_live();
             live.last_seq = checkpoint.last_seq;
-            live.last_hash = checkpoint.last_hash;
-            live.decision = checkpoint.decision;
-            live.view = checkpoint.view;
+            live.last_hash = checkpoint.last_hash.clone();
+            live.decision = checkpoint.decision.clone();
+            live.view = checkpoint.view.clone();
             live.oldest_seq = 1;
             live.last_applied = meta.last_log_id;
             live.membership = meta.last_membership.clone();
@@ -315,9 +260,9 @@ impl StateMachine {
             self.store.shared.subjects_from.store(1, Ordering::Release);
         }
         installs.fetch_add(1, Ordering::AcqRel);
-        written?;
+        let last_seq = written?.last_seq;
         self.store.shared.counters.applied_index.store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Relaxed);
-        self.store.publish(checkpoint.last_seq);
+        self.store.publish(last_seq);
         Ok(())
     }
 
@@ -349,158 +294,6 @@ pub(crate) fn full_checkpoint_spacing(every: u64, view: &claw_projections::Clust
     let rows =
         view.members.len() + view.nodes.len() + view.workloads.len() + view.proposals.len() + view.incidents.len();
     every.max(rows as u64 * FULL_CHECKPOINT_EVENTS_PER_ROW)
-}
-
-/// The first pass over a received snapshot: checks it, writes nothing.
-struct InstallCheck<'a> {
-    what: &'a str,
-    checkpoint: Option<Checkpoint>,
-    last_hash: String,
-    first_seq: Option<u64>,
-    next_seq: Option<u64>,
-    /// Per event (seq `i + 1`): its raft index and a hash of its command id,
-    /// what the dedup rows are checked against.
-    commands: Vec<(u64, u64)>,
-}
-
-fn command_hash(command_id: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    command_id.hash(&mut h);
-    h.finish()
-}
-
-impl<'a> InstallCheck<'a> {
-    fn new(what: &'a str) -> Self {
-        InstallCheck {
-            what,
-            checkpoint: None,
-            last_hash: GENESIS_HASH.to_string(),
-            first_seq: None,
-            next_seq: None,
-            commands: Vec::new(),
-        }
-    }
-
-    /// The snapshot's checkpoint, once its events were seen to match it.
-    fn finish(self) -> Result<Checkpoint> {
-        let cp = self.checkpoint.ok_or_else(|| Error::decode(self.what, "it has no checkpoint"))?;
-        let first_ok = self.first_seq.is_none_or(|s| s == 1);
-        if !first_ok || self.commands.len() as u64 != cp.last_seq || self.last_hash != cp.last_hash {
-            return Err(Error::decode(
-                self.what,
-                format!(
-                    "it holds {} events ending in hash {}, but its checkpoint is at seq {} with hash {}",
-                    self.commands.len(),
-                    self.last_hash,
-                    cp.last_seq,
-                    cp.last_hash
-                ),
-            ));
-        }
-        Ok(cp)
-    }
-}
-
-impl PayloadVisit for InstallCheck<'_> {
-    fn checkpoint(&mut self, checkpoint: Checkpoint) -> Result<()> {
-        self.checkpoint = Some(checkpoint);
-        Ok(())
-    }
-
-    fn event(&mut self, rec: EventRecord) -> Result<()> {
-        let broken = |e: ChainError| Error::decode(self.what, format!("its event history is broken: {e}"));
-        if let Some(expected) = self.next_seq.filter(|e| *e != rec.seq) {
-            return Err(broken(ChainError::Gap { seq: rec.seq, expected }));
-        }
-        self.last_hash = verify_chain(&self.last_hash, [&rec]).map_err(broken)?;
-        self.first_seq.get_or_insert(rec.seq);
-        // Nothing follows u64::MAX: any later record is a gap (expected 0).
-        self.next_seq = Some(rec.seq.checked_add(1).unwrap_or(0));
-        self.commands.push((rec.raft_index, command_hash(&rec.command_id)));
-        Ok(())
-    }
-
-    // Dedup rows are not covered by the hash chain: each must point at
-    // events of its own command inside this history, or a retry of that
-    // command would later fail (or stop) this member's apply.
-    fn dedup(&mut self, rows: Vec<DedupRow>) -> Result<()> {
-        for row in &rows {
-            // Seqs start at 1: events `first..=last` are `commands[first - 1..last]`.
-            let events = usize::try_from(row.first_seq)
-                .ok()
-                .filter(|first| *first >= 1)
-                .zip(usize::try_from(row.last_seq).ok())
-                .and_then(|(first, last)| self.commands.get(first - 1..last));
-            let id = command_hash(&row.command_id);
-            let ok = events.is_some_and(|evs| !evs.is_empty() && evs.iter().all(|&e| e == (row.raft_index, id)));
-            if !ok {
-                return Err(Error::decode(
-                    self.what,
-                    format!(
-                        "its dedup row for command {:?} names events {}..={} at raft index {}, which are not that \
-                         command's events in its history of {} events",
-                        row.command_id,
-                        row.first_seq,
-                        row.last_seq,
-                        row.raft_index,
-                        self.commands.len()
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The second pass over a received (and checked) snapshot: its events,
-/// subject index, checkpoints and dedup rows into one write batch.
-struct InstallFold<'a> {
-    db: &'a crate::db::Db,
-    batch: WriteBatch,
-    events_cf: &'a std::sync::Arc<rocksdb::BoundColumnFamily<'a>>,
-    dedup_cf: &'a std::sync::Arc<rocksdb::BoundColumnFamily<'a>>,
-    sm_cf: &'a std::sync::Arc<rocksdb::BoundColumnFamily<'a>>,
-    subjects_cf: &'a std::sync::Arc<rocksdb::BoundColumnFamily<'a>>,
-    every: crate::log_node::Checkpoints,
-    last_seq: u64,
-    decision: claw_commands::DecisionState,
-    view: claw_projections::ClusterView,
-}
-
-impl PayloadVisit for InstallFold<'_> {
-    fn checkpoint(&mut self, _: Checkpoint) -> Result<()> {
-        Ok(())
-    }
-
-    fn event(&mut self, rec: EventRecord) -> Result<()> {
-        self.batch.put_cf(self.events_cf, u64_key(rec.seq), encode_json("event record", &rec)?);
-        subject_index::put(self.subjects_cf, &mut self.batch, &rec);
-        evolve(&mut self.decision, rec.seq, rec.time_ms, &rec.event);
-        self.view.apply(&rec);
-        if rec.seq.is_multiple_of(self.every.rows_every) || rec.seq == self.last_seq {
-            let changed = self.view.take_touched();
-            view_rows::put_checkpoint(self.db, &mut self.batch, &self.view, changed)?;
-        }
-        if rec.seq.is_multiple_of(self.every.full_every) && rec.seq < self.every.rows_every && rec.seq != self.last_seq
-        {
-            let periodic =
-                CheckpointRef { last_seq: rec.seq, last_hash: &rec.hash, decision: &self.decision, view: &self.view };
-            self.batch.put_cf(
-                self.sm_cf,
-                SmMetaKey::Checkpoint(rec.seq).encode(),
-                encode_json("checkpoint", &periodic)?,
-            );
-        }
-        Ok(())
-    }
-
-    fn dedup(&mut self, rows: Vec<DedupRow>) -> Result<()> {
-        for row in &rows {
-            self.batch.put_cf(self.dedup_cf, dedup_key(&row.command_id), encode_json("dedup row", row)?);
-        }
-        Ok(())
-    }
 }
 
 /// About this many bytes per piece of a snapshot's payload.
@@ -692,15 +485,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<u64>> {
         let reading = |e: std::io::Error| Error::Storage(format!("reading snapshot {}: {e}", meta.snapshot_id));
-        let installed = match snapshot.spooled_path() {
-            // The receive file goes when `snapshot` does, after the install.
-            Some(path) => self.install(meta, &|| {
-                let file = std::fs::File::open(path).map_err(reading)?;
-                Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, file)) as Box<dyn Read>)
-            }),
+        let mut snapshot = snapshot;
+        let installed = match snapshot.spooled_path().map(std::path::Path::to_path_buf) {
+            // The receive file goes when `snapshot` does, after the install,
+            // unless an install that began writing failed: the next open
+            // resumes it from the file.
+            Some(path) => {
+                let open = || -> Result<Box<dyn Read>> {
+                    let file = std::fs::File::open(&path).map_err(reading)?;
+                    Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, file)))
+                };
+                let installed = self.install(meta, &open, Some(&path));
+                if installed.is_err() && snapshot_install::interrupted(self.store.db()).unwrap_or(true) {
+                    snapshot.keep_file();
+                }
+                installed
+            }
             None => match snapshot.into_bytes() {
                 Ok(bytes) => {
-                    self.install(meta, &|| Ok(Box::new(std::io::Cursor::new(bytes.as_slice())) as Box<dyn Read>))
+                    let open =
+                        || -> Result<Box<dyn Read + '_>> { Ok(Box::new(std::io::Cursor::new(bytes.as_slice()))) };
+                    self.install(meta, &open, None)
                 }
                 Err(e) => Err(reading(e)),
             },

@@ -523,6 +523,73 @@ async fn a_received_snapshot_is_spooled_to_disk_and_the_file_removed() {
     assert_eq!(all_events(&store_f), all_events(&store_l), "a refused snapshot loses nothing");
 }
 
+/// An install writes in batches (a long history is more than one write
+/// batch can hold in memory). A member stopped part-way finishes it from
+/// the kept receive file when it next opens, before anything reads the
+/// half-written store; if that file is gone it refuses to open, saying
+/// what to do, rather than serving a partial history.
+#[tokio::test]
+async fn an_interrupted_install_finishes_when_the_member_opens_again() {
+    use crate::snapshot_install::tests::{BATCH_BYTES, FAIL_AFTER_BATCHES};
+    use tokio::io::AsyncWriteExt;
+
+    let dir_l = tempfile::tempdir().expect("tempdir");
+    let (_log_l, mut sm_l, store_l) = open_storage(dir_l.path(), CHECKPOINT_EVERY).expect("open leader");
+    apply_generated(&mut sm_l, &store_l, 300).await;
+    sm_l.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let mut current = sm_l.get_current_snapshot().await.expect("current").expect("a snapshot");
+    let bytes = current.snapshot.bytes().expect("payload").to_vec();
+    let spools = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("incoming-snapshot-")))
+            .collect::<Vec<_>>()
+    };
+
+    for file_survives in [true, false] {
+        let dir_f = tempfile::tempdir().expect("tempdir");
+        {
+            let (_log_f, mut sm_f, store_f) = open_storage(dir_f.path(), CHECKPOINT_EVERY).expect("open follower");
+            let mut data = sm_f.begin_receiving_snapshot().await.expect("begin");
+            data.write_all(&bytes).await.expect("write");
+            data.shutdown().await.expect("shutdown");
+            BATCH_BYTES.with(|b| b.set(Some(4096)));
+            FAIL_AFTER_BATCHES.with(|f| f.set(Some(2)));
+            let err = sm_f.install_snapshot(&current.meta, data).await.expect_err("stopped part-way");
+            FAIL_AFTER_BATCHES.with(|f| f.set(None));
+            assert!(err.to_string().contains(&current.meta.snapshot_id), "{err}");
+            assert!(crate::snapshot_install::interrupted(store_f.db()).expect("read"));
+            assert!(store_f.db().first_key(crate::keys::CF_EVENTS).expect("read").is_some(), "it had begun writing");
+            assert_eq!(spools(dir_f.path()).len(), 1, "the receive file is kept to finish from");
+        }
+        if file_survives {
+            let (_log_f, mut sm_f, store_f) = open_storage(dir_f.path(), CHECKPOINT_EVERY).expect("reopen");
+            assert!(!crate::snapshot_install::interrupted(store_f.db()).expect("read"));
+            assert!(spools(dir_f.path()).is_empty(), "finished: the file goes");
+            assert_eq!(store_f.last_hash(), store_l.last_hash());
+            assert_eq!(store_f.view(), store_l.view());
+            assert_eq!(store_f.decision(), store_l.decision());
+            assert_eq!(all_events(&store_f), all_events(&store_l));
+            assert_eq!(sm_f.applied_state().await.expect("state").0, current.meta.last_log_id);
+            for seq in (0..=store_l.last_seq()).step_by(11) {
+                assert_eq!(store_f.view_at(seq).expect("follower"), store_l.view_at(seq).expect("leader"), "{seq}");
+            }
+        } else {
+            for file in spools(dir_f.path()) {
+                std::fs::remove_file(file).expect("remove");
+            }
+            let err = open_storage(dir_f.path(), CHECKPOINT_EVERY).err().expect("refuses to open");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("was interrupted") && msg.contains("is gone") && msg.contains("add this member"),
+                "{msg}"
+            );
+        }
+    }
+    BATCH_BYTES.with(|b| b.set(None));
+}
+
 #[tokio::test]
 async fn installing_a_snapshot_takes_the_state_from_its_events_not_its_checkpoint() {
     let dir_l = tempfile::tempdir().expect("tempdir");
