@@ -472,6 +472,29 @@ async fn snapshot_payload_is_produced_in_bounded_pieces() {
     assert!(err.to_string().contains("needs event 150"), "{err}");
 }
 
+/// A leader store with `commands` generated commands and a snapshot built,
+/// that snapshot, and its payload.
+async fn leader_with_snapshot(
+    dir: &std::path::Path,
+    commands: u64,
+) -> ((LogStore, StateMachine), EventStore, openraft::Snapshot<TypeConfig>, Vec<u8>) {
+    let (log, mut sm, store) = open_storage(dir, CHECKPOINT_EVERY).expect("open leader");
+    apply_generated(&mut sm, &store, commands).await;
+    sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let mut current = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
+    let bytes = current.snapshot.bytes().expect("payload").to_vec();
+    ((log, sm), store, current, bytes)
+}
+
+/// The snapshot receive files in `dir`.
+fn spools(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("incoming-snapshot-")))
+        .collect()
+}
+
 /// A member receives a snapshot into a file beside its database (a long
 /// history is more than memory), installs it from there reading it one
 /// event at a time, and removes the file; a file a crash left behind is
@@ -482,11 +505,7 @@ async fn a_received_snapshot_is_spooled_to_disk_and_the_file_removed() {
 
     let dir_l = tempfile::tempdir().expect("tempdir");
     let dir_f = tempfile::tempdir().expect("tempdir");
-    let (_log_l, mut sm_l, store_l) = open_storage(dir_l.path(), CHECKPOINT_EVERY).expect("open leader");
-    apply_generated(&mut sm_l, &store_l, 200).await;
-    sm_l.get_snapshot_builder().await.build_snapshot().await.expect("build");
-    let mut current = sm_l.get_current_snapshot().await.expect("current").expect("a snapshot");
-    let bytes = current.snapshot.bytes().expect("payload").to_vec();
+    let (_leader, store_l, current, bytes) = leader_with_snapshot(dir_l.path(), 200).await;
 
     let stale = dir_f.path().join("incoming-snapshot-1-0.part");
     std::fs::create_dir_all(dir_f.path()).expect("dir");
@@ -494,21 +513,15 @@ async fn a_received_snapshot_is_spooled_to_disk_and_the_file_removed() {
     let (_log_f, mut sm_f, store_f) = open_storage(dir_f.path(), CHECKPOINT_EVERY).expect("open follower");
     assert!(!stale.exists(), "a receive file left by a crash is removed at open");
 
-    let spools = |dir: &std::path::Path| {
-        std::fs::read_dir(dir)
-            .expect("read dir")
-            .filter(|e| e.as_ref().expect("entry").file_name().to_string_lossy().starts_with("incoming-snapshot-"))
-            .count()
-    };
     let mut data = sm_f.begin_receiving_snapshot().await.expect("begin");
     for chunk in bytes.chunks(1000) {
         data.write_all(chunk).await.expect("write");
     }
     data.shutdown().await.expect("shutdown");
-    assert_eq!(spools(dir_f.path()), 1, "received into a file");
+    assert_eq!(spools(dir_f.path()).len(), 1, "received into a file");
     assert!(!data.is_built(), "not held in memory");
     sm_f.install_snapshot(&current.meta, data).await.expect("install");
-    assert_eq!(spools(dir_f.path()), 0, "the file goes after the install");
+    assert_eq!(spools(dir_f.path()).len(), 0, "the file goes after the install");
     assert_eq!(store_f.last_hash(), store_l.last_hash());
     assert_eq!(store_f.view(), store_l.view());
     assert_eq!(all_events(&store_f), all_events(&store_l));
@@ -519,7 +532,7 @@ async fn a_received_snapshot_is_spooled_to_disk_and_the_file_removed() {
     data.shutdown().await.expect("shutdown");
     let err = sm_f.install_snapshot(&current.meta, data).await.expect_err("half a snapshot");
     assert!(err.to_string().contains(&current.meta.snapshot_id), "{err}");
-    assert_eq!(spools(dir_f.path()), 0);
+    assert!(spools(dir_f.path()).is_empty());
     assert_eq!(all_events(&store_f), all_events(&store_l), "a refused snapshot loses nothing");
 }
 
@@ -534,18 +547,7 @@ async fn an_interrupted_install_finishes_when_the_member_opens_again() {
     use tokio::io::AsyncWriteExt;
 
     let dir_l = tempfile::tempdir().expect("tempdir");
-    let (_log_l, mut sm_l, store_l) = open_storage(dir_l.path(), CHECKPOINT_EVERY).expect("open leader");
-    apply_generated(&mut sm_l, &store_l, 300).await;
-    sm_l.get_snapshot_builder().await.build_snapshot().await.expect("build");
-    let mut current = sm_l.get_current_snapshot().await.expect("current").expect("a snapshot");
-    let bytes = current.snapshot.bytes().expect("payload").to_vec();
-    let spools = |dir: &std::path::Path| {
-        std::fs::read_dir(dir)
-            .expect("read dir")
-            .map(|e| e.expect("entry").path())
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("incoming-snapshot-")))
-            .collect::<Vec<_>>()
-    };
+    let (_leader, store_l, current, bytes) = leader_with_snapshot(dir_l.path(), 300).await;
 
     for file_survives in [true, false] {
         let dir_f = tempfile::tempdir().expect("tempdir");
