@@ -31,7 +31,7 @@ CTL1=("$BIN/clawctl" --server "127.0.0.1:$P1")
 CTL2=("$BIN/clawctl" --server "127.0.0.1:$P2")
 for _ in $(seq 1 600); do "${CTL1[@]}" status >/dev/null 2>&1 && break; sleep 0.5; done
 seq_of() { "$@" -o json status 2>/dev/null | python3 -c "import json,sys;print(json.load(sys.stdin)['last_seq'])" 2>/dev/null || echo 0; }
-if [ "$(seq_of "${CTL1[@]}")" -eq 0 ]; then
+if [ "$(seq_of "${CTL1[@]}")" -lt $((EVENTS / 2)) ]; then
   echo "generating $EVENTS events" >&2
   "${CTL1[@]}" -o json bench history --events "$EVENTS" --samples 1 >/dev/null
 fi

@@ -288,12 +288,16 @@ impl Reader<'_> {
     }
 
     /// Every row of `table` as of `at`, in one forward pass: each row key's
-    /// versions are read oldest first, keeping the last at or before `at`;
-    /// a row key with many versions (a node changes at every checkpoint) is
-    /// crossed with two seeks instead.
+    /// versions are stepped through oldest first (those after `at`
+    /// included: a step costs far less than a seek, and most rows have a
+    /// handful of versions), keeping the last at or before `at`; a row key
+    /// with many versions (a node changes at every checkpoint) is crossed
+    /// with two seeks instead. Only the kept version is decoded.
     fn table<K: RowKey, V: DeserializeOwned>(&mut self, table: u8, out: &mut Table<K, V>) -> Result<()> {
         const STEPS: usize = 8;
         self.it.seek([table]);
+        let mut prefix = Vec::new();
+        let mut newest = Vec::new();
         loop {
             self.status()?;
             let Some(k) = self.it.key() else { return Ok(()) };
@@ -303,16 +307,13 @@ impl Reader<'_> {
                 return Ok(());
             }
             let parsed = K::parse(key).ok_or_else(bad_key)?;
-            let prefix = row_prefix(table, key);
+            prefix.clear();
+            prefix.extend_from_slice(&row_prefix(table, key));
             let same_row = |k: &[u8]| k.len() == prefix.len() + 8 && k.starts_with(&prefix);
-            let mut newest: Option<(Vec<u8>, Vec<u8>)> = None;
+            let mut newest_seq = None;
             let mut steps = 0;
             while let (Some(k), Some(v)) = (self.it.key(), self.it.value()) {
                 if !same_row(k) {
-                    break;
-                }
-                let Some((_, _, seq)) = split(k) else { break };
-                if seq > self.at {
                     break;
                 }
                 steps += 1;
@@ -320,23 +321,30 @@ impl Reader<'_> {
                     self.it.seek_for_prev(row_key(table, &prefix[5..], self.at));
                     self.status()?;
                     if let (Some(k), Some(v)) = (self.it.key(), self.it.value()) {
-                        newest = Some((k.to_vec(), v.to_vec()));
+                        if let Some((_, _, seq)) = split(k).filter(|_| same_row(k)) {
+                            newest.clear();
+                            newest.extend_from_slice(v);
+                            newest_seq = Some(seq);
+                        }
+                    }
+                    // Past this row key's later versions.
+                    self.it.seek(row_key(table, &prefix[5..], u64::MAX));
+                    if self.it.key().is_some_and(same_row) {
+                        self.it.next();
                     }
                     break;
                 }
-                newest = Some((k.to_vec(), v.to_vec()));
+                let seq = split(k).map_or(u64::MAX, |(_, _, seq)| seq);
+                if seq <= self.at {
+                    newest.clear();
+                    newest.extend_from_slice(v);
+                    newest_seq = Some(seq);
+                }
                 self.it.next();
             }
             self.status()?;
-            // Past this row key's later versions.
-            if self.it.key().is_some_and(same_row) {
-                self.it.seek(row_key(table, &prefix[5..], u64::MAX));
-                if self.it.key().is_some_and(same_row) {
-                    self.it.next();
-                }
-            }
-            if let Some((k, v)) = newest {
-                out.restore(parsed, decode_json(CF_VIEW_ROWS, &k, &v)?);
+            if let Some(seq) = newest_seq {
+                out.restore(parsed, decode_json(CF_VIEW_ROWS, &row_key(table, &prefix[5..], seq), &newest)?);
             }
         }
     }
