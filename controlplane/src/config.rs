@@ -17,6 +17,9 @@ pub struct RaftOptions {
     pub snapshot_logs_since_last: u64,
     /// Log entries kept after a snapshot, so slightly lagging members catch up from the log.
     pub max_in_snapshot_log_to_keep: u64,
+    /// How long a leader waits for a member to take a snapshot's last piece,
+    /// installing it included (minutes on a long history).
+    pub install_snapshot_timeout_ms: u64,
 }
 
 impl Default for RaftOptions {
@@ -27,6 +30,7 @@ impl Default for RaftOptions {
             election_timeout_max_ms: 600,
             snapshot_logs_since_last: 20_000,
             max_in_snapshot_log_to_keep: 1_000,
+            install_snapshot_timeout_ms: 600_000,
         }
     }
 }
@@ -199,6 +203,7 @@ impl Options {
         env_parse(env, "CLAW_RAFT_ELECTION_TIMEOUT_MAX_MS", &mut o.raft.election_timeout_max_ms)?;
         env_parse(env, "CLAW_RAFT_SNAPSHOT_LOGS_SINCE_LAST", &mut o.raft.snapshot_logs_since_last)?;
         env_parse(env, "CLAW_RAFT_MAX_IN_SNAPSHOT_LOG_TO_KEEP", &mut o.raft.max_in_snapshot_log_to_keep)?;
+        env_parse(env, "CLAW_RAFT_INSTALL_SNAPSHOT_TIMEOUT_MS", &mut o.raft.install_snapshot_timeout_ms)?;
         env_parse(env, "CLAW_SCHEDULER_STRATEGY", &mut o.scheduler.strategy)?;
         env_parse(env, "CLAW_SCHEDULER_NODE_TIMEOUT_MS", &mut o.scheduler.node_timeout_ms)?;
         env_parse(env, "CLAW_SCHEDULER_INTERVAL_MS", &mut o.scheduler.interval_ms)?;
@@ -284,6 +289,9 @@ impl Options {
         if r.snapshot_logs_since_last == 0 {
             return Err(Error::Config("raft.snapshot_logs_since_last: must be at least 1".into()));
         }
+        if r.install_snapshot_timeout_ms == 0 {
+            return Err(Error::Config("raft.install_snapshot_timeout_ms: must be at least 1".into()));
+        }
         let s = &self.scheduler;
         if s.interval_ms == 0 || s.node_timeout_ms == 0 {
             return Err(Error::Config(format!(
@@ -347,6 +355,9 @@ mod tests {
         let err =
             Options::load(&Flags { listen: Some("nope".into()), ..Default::default() }, &env_of(&[])).unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
+        let env = env_of(&[("CLAW_RAFT_INSTALL_SNAPSHOT_TIMEOUT_MS", "0")]);
+        let err = Options::load(&Flags::default(), &env).and_then(|o| o.validate()).unwrap_err();
+        assert!(err.to_string().contains("raft.install_snapshot_timeout_ms"), "{err}");
     }
 
     #[test]

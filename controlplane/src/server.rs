@@ -47,6 +47,7 @@ impl Server {
             election_timeout_max_ms: opts.raft.election_timeout_max_ms,
             snapshot_logs_since_last: opts.raft.snapshot_logs_since_last,
             max_in_snapshot_log_to_keep: opts.raft.max_in_snapshot_log_to_keep,
+            install_snapshot_timeout_ms: opts.raft.install_snapshot_timeout_ms,
             checkpoint_every: opts.history.checkpoint_every,
             full_checkpoint_every: opts.history.full_checkpoint_every,
             verify_checksums_on_open: opts.storage.verify_checksums_on_start,

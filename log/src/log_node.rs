@@ -89,6 +89,7 @@ impl LogNode {
             // Paced by `snapshot_pacer`: the spacing grows with the state.
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: opts.max_in_snapshot_log_to_keep,
+            install_snapshot_timeout: opts.install_snapshot_timeout_ms,
             // Purge in batches, but never wait for more entries than a snapshot spans.
             purge_batch_size: opts.snapshot_logs_since_last.clamp(1, 1024),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,

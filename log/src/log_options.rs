@@ -22,6 +22,11 @@ pub struct LogOptions {
     pub snapshot_logs_since_last: u64,
     /// Raft entries kept below the last snapshot so lagging followers catch up without it.
     pub max_in_snapshot_log_to_keep: u64,
+    /// How long a leader waits for a member to take the last piece of a
+    /// snapshot, which includes installing it: on a long history that is
+    /// minutes. A shorter wait makes the leader send the whole snapshot
+    /// again while the member is still installing the last one.
+    pub install_snapshot_timeout_ms: u64,
     /// A checkpoint of the projections' rows is stored every this many
     /// events, so the state at any past seq costs one checkpoint load plus
     /// about this many events of replay. Each stores only the rows that
@@ -50,6 +55,7 @@ impl Default for LogOptions {
             election_timeout_max_ms: 600,
             snapshot_logs_since_last: 20_000,
             max_in_snapshot_log_to_keep: 1_000,
+            install_snapshot_timeout_ms: 600_000,
             checkpoint_every: 1_000,
             full_checkpoint_every: 20_000,
             verify_checksums_on_open: true,
