@@ -125,7 +125,11 @@ pub(crate) fn write<'a>(
             "the snapshot's checkpoint state differs from the fold of its events; installing the fold"
         );
     }
-    let checkpoint = Checkpoint { last_seq: cp.last_seq, last_hash: cp.last_hash.clone(), decision, view };
+    // Only its position is needed from here on: free its state before the
+    // fold is encoded (on a long history each is hundreds of MiB).
+    let Checkpoint { last_seq, last_hash, .. } = cp;
+    let checkpoint = Checkpoint { last_seq, last_hash, decision, view };
+    let cp = &checkpoint;
     batch.put_cf(&sm_cf, SmMetaKey::Checkpoint(cp.last_seq).encode(), encode_json("checkpoint", &checkpoint)?);
     match &meta.last_log_id {
         Some(l) => batch.put_cf(&sm_cf, SmMetaKey::LastApplied.encode(), encode_json("last applied log id", l)?),

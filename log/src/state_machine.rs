@@ -246,21 +246,24 @@ impl StateMachine {
         // Past-state readers retry while the generation is odd or moved.
         let installs = &self.store.shared.installs;
         installs.fetch_add(1, Ordering::AcqRel);
-        let written = snapshot_install::write(self.store.db(), self.store.checkpoints(), meta, cp, open, spool);
-        if let Ok(checkpoint) = &written {
-            let mut live = self.store.write_live();
-            live.last_seq = checkpoint.last_seq;
-            live.last_hash = checkpoint.last_hash.clone();
-            live.decision = checkpoint.decision.clone();
-            live.view = checkpoint.view.clone();
-            live.oldest_seq = 1;
-            live.last_applied = meta.last_log_id;
-            live.membership = meta.last_membership.clone();
-            live.last_full_seq = live.last_seq;
-            self.store.shared.subjects_from.store(1, Ordering::Release);
-        }
+        let written = snapshot_install::write(self.store.db(), self.store.checkpoints(), meta, cp, open, spool).map(
+            |checkpoint| {
+                let last_seq = checkpoint.last_seq;
+                let mut live = self.store.write_live();
+                live.last_seq = last_seq;
+                live.last_hash = checkpoint.last_hash;
+                live.decision = checkpoint.decision;
+                live.view = checkpoint.view;
+                live.oldest_seq = 1;
+                live.last_applied = meta.last_log_id;
+                live.membership = meta.last_membership.clone();
+                live.last_full_seq = last_seq;
+                self.store.shared.subjects_from.store(1, Ordering::Release);
+                last_seq
+            },
+        );
         installs.fetch_add(1, Ordering::AcqRel);
-        let last_seq = written?.last_seq;
+        let last_seq = written?;
         self.store.shared.counters.applied_index.store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Relaxed);
         self.store.publish(last_seq);
         Ok(())
