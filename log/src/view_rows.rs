@@ -100,10 +100,15 @@ fn row_key(table: u8, key: &[u8], seq: u64) -> Vec<u8> {
 
 fn row_prefix(table: u8, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 4 + key.len() + 8);
-    k.push(table);
-    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
-    k.extend_from_slice(key);
+    push_row_prefix(&mut k, table, key);
     k
+}
+
+/// Appends `[table][key length u32 BE][key]` to `buf`.
+fn push_row_prefix(buf: &mut Vec<u8>, table: u8, key: &[u8]) {
+    buf.push(table);
+    buf.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    buf.extend_from_slice(key);
 }
 
 /// Splits a stored key into `(table, row key, seq)`.
@@ -308,7 +313,7 @@ impl Reader<'_> {
             }
             let parsed = K::parse(key).ok_or_else(bad_key)?;
             prefix.clear();
-            prefix.extend_from_slice(&row_prefix(table, key));
+            push_row_prefix(&mut prefix, table, key);
             let same_row = |k: &[u8]| k.len() == prefix.len() + 8 && k.starts_with(&prefix);
             let mut newest_seq = None;
             let mut steps = 0;
