@@ -295,6 +295,33 @@ async fn metrics_has_a_row_per_gpu_sample() -> anyhow::Result<()> {
     f.stop().await
 }
 
+/// A query reading a few columns gets the same values as the whole table
+/// projected, in the order it asked for; `count(*)` builds no column and
+/// still counts every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projected_tables_hold_the_same_values_as_whole_ones() -> anyhow::Result<()> {
+    let f = Fixture::start().await?;
+    let a = &f.analytics;
+    let view = f.node.store.view_at(f.node.store.last_seq())?;
+    for kind in ViewKind::ALL {
+        let whole = kind.batch(&view)?;
+        let n = whole.num_columns();
+        for projection in [vec![n - 1, 0], vec![1], (0..n).rev().collect(), vec![]] {
+            let got = kind.batch_of(&view, Some(&projection))?;
+            assert_eq!(got, whole.project(&projection)?, "{} columns {projection:?}", kind.table());
+            assert_eq!(got.num_rows(), whole.num_rows());
+        }
+        let count = one_batch(a, &format!("SELECT count(*) FROM {}_at({})", kind.table(), view.last_seq)).await?;
+        let count = count.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0);
+        assert_eq!(count as usize, whole.num_rows(), "count(*) of {}", kind.table());
+        assert!(count > 0, "{} has rows", kind.table());
+    }
+    assert!(ViewKind::Workloads.batch_of(&view, Some(&[99])).is_err(), "a column the table lacks is an error");
+    let b = one_batch(a, "SELECT status, id FROM workloads_at(14) WHERE id = 'w-2'").await?;
+    assert_eq!((b.num_columns(), b.column(0).as_string::<i32>().value(0)), (2, "Pending"));
+    f.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seance_tables_are_the_view_at_that_point() -> anyhow::Result<()> {
     let f = Fixture::start().await?;

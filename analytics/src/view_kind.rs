@@ -165,155 +165,204 @@ impl ViewKind {
         Arc::new(Schema::new(fields))
     }
 
-    /// The table's rows in `view`.
+    /// The table's rows in `view`, every column.
+    #[cfg(test)]
     pub(crate) fn batch(self, view: &ClusterView) -> Result<RecordBatch> {
-        let cols = match self {
-            ViewKind::Members => members(view),
-            ViewKind::Nodes => nodes(view)?,
-            ViewKind::Gpus => gpus(view),
-            ViewKind::Workloads => workloads(view)?,
-            ViewKind::Proposals => proposals(view)?,
-            ViewKind::Incidents => incidents(view)?,
+        self.batch_of(view, None)
+    }
+
+    /// The table's rows in `view`, only the columns `projection` names (by
+    /// index into [`ViewKind::schema`], in its order), or all of them: a
+    /// query that reads two columns of 50,000 workloads builds two arrays,
+    /// and `count(*)` builds none.
+    pub(crate) fn batch_of(self, view: &ClusterView, projection: Option<&[usize]>) -> Result<RecordBatch> {
+        let schema = self.schema();
+        let mut c = Columns { want: projection, arrays: vec![None; schema.fields().len()], next: 0 };
+        let rows = match self {
+            ViewKind::Members => members(view, &mut c),
+            ViewKind::Nodes => nodes(view, &mut c)?,
+            ViewKind::Gpus => gpus(view, &mut c),
+            ViewKind::Workloads => workloads(view, &mut c)?,
+            ViewKind::Proposals => proposals(view, &mut c)?,
+            ViewKind::Incidents => incidents(view, &mut c)?,
         };
-        let rows = cols.first().map_or(0, |c| c.len());
-        batch(self.schema(), cols, rows)
+        let (schema, arrays) = match projection {
+            None => (schema, c.arrays.into_iter().flatten().collect()),
+            Some(p) => {
+                let arrays = p
+                    .iter()
+                    .map(|&i| {
+                        c.arrays.get_mut(i).and_then(Option::take).ok_or_else(|| {
+                            Error::Encode(format!("{}: no column {i} (the table has {})", self.table(), c.next))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (Arc::new(schema.project(p)?), arrays)
+            }
+        };
+        batch(schema, arrays, rows)
     }
 }
 
-fn members(view: &ClusterView) -> Vec<ArrayRef> {
+/// The columns of one table being built: each is computed only when the
+/// projection asks for it, in schema order.
+struct Columns<'p> {
+    want: Option<&'p [usize]>,
+    arrays: Vec<Option<ArrayRef>>,
+    next: usize,
+}
+
+impl Columns<'_> {
+    fn add(&mut self, make: impl FnOnce() -> ArrayRef) {
+        let _ = self.try_add(|| Ok(make()));
+    }
+
+    fn try_add(&mut self, make: impl FnOnce() -> Result<ArrayRef>) -> Result<()> {
+        let i = self.next;
+        self.next += 1;
+        if self.want.is_none_or(|p| p.contains(&i)) {
+            if let Some(slot) = self.arrays.get_mut(i) {
+                *slot = Some(make()?);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn members(view: &ClusterView, c: &mut Columns) -> usize {
     let m: Vec<_> = view.members.values().collect();
-    vec![
-        u64s(m.iter().map(|r| r.id)),
-        strs(m.iter().map(|r| Some(r.addr.as_str()))),
-        bools(m.iter().map(|r| r.voter)),
-        u64s(m.iter().map(|r| r.added_seq)),
-        strs(m.iter().map(|r| Some(r.added_by.as_str()))),
-    ]
+    c.add(|| u64s(m.iter().map(|r| r.id)));
+    c.add(|| strs(m.iter().map(|r| Some(r.addr.as_str()))));
+    c.add(|| bools(m.iter().map(|r| r.voter)));
+    c.add(|| u64s(m.iter().map(|r| r.added_seq)));
+    c.add(|| strs(m.iter().map(|r| Some(r.added_by.as_str()))));
+    m.len()
 }
 
-fn nodes(view: &ClusterView) -> Result<Vec<ArrayRef>> {
+fn nodes(view: &ClusterView, c: &mut Columns) -> Result<usize> {
     let n: Vec<_> = view.nodes.values().collect();
-    let labels = n.iter().map(|r| json(&r.capabilities.labels)).collect::<Result<Vec<_>>>()?;
-    Ok(vec![
-        strs(n.iter().map(|r| Some(r.name.as_str()))),
-        bools(n.iter().map(|r| r.ready)),
-        strs(n.iter().map(|r| r.not_ready_reason.as_deref())),
-        bools(n.iter().map(|r| r.draining)),
-        strs(n.iter().map(|r| r.drain_reason.as_deref())),
-        u32s(n.iter().map(|r| r.capabilities.cpus)),
-        u64s(n.iter().map(|r| r.capabilities.memory_mb)),
-        u32s(n.iter().map(|r| r.capabilities.gpus.len() as u32)),
-        u32s(n.iter().map(|r| r.allocated_gpus.len() as u32)),
-        strs(n.iter().map(|r| r.capabilities.driver_version.as_deref())),
-        strs(n.iter().map(|r| r.capabilities.cuda_version.as_deref())),
-        strs(labels.iter().map(|s| Some(s.as_str()))),
-        times(n.iter().map(|r| Some(r.registered_ms))),
-        times(n.iter().map(|r| Some(r.last_heartbeat_ms))),
-        u64s(n.iter().map(|r| r.changed_seq)),
-    ])
+    c.add(|| strs(n.iter().map(|r| Some(r.name.as_str()))));
+    c.add(|| bools(n.iter().map(|r| r.ready)));
+    c.add(|| strs(n.iter().map(|r| r.not_ready_reason.as_deref())));
+    c.add(|| bools(n.iter().map(|r| r.draining)));
+    c.add(|| strs(n.iter().map(|r| r.drain_reason.as_deref())));
+    c.add(|| u32s(n.iter().map(|r| r.capabilities.cpus)));
+    c.add(|| u64s(n.iter().map(|r| r.capabilities.memory_mb)));
+    c.add(|| u32s(n.iter().map(|r| r.capabilities.gpus.len() as u32)));
+    c.add(|| u32s(n.iter().map(|r| r.allocated_gpus.len() as u32)));
+    c.add(|| strs(n.iter().map(|r| r.capabilities.driver_version.as_deref())));
+    c.add(|| strs(n.iter().map(|r| r.capabilities.cuda_version.as_deref())));
+    c.try_add(|| jsons(n.iter().map(|r| &r.capabilities.labels)))?;
+    c.add(|| times(n.iter().map(|r| Some(r.registered_ms))));
+    c.add(|| times(n.iter().map(|r| Some(r.last_heartbeat_ms))));
+    c.add(|| u64s(n.iter().map(|r| r.changed_seq)));
+    Ok(n.len())
 }
 
-fn gpus(view: &ClusterView) -> Vec<ArrayRef> {
+fn gpus(view: &ClusterView, c: &mut Columns) -> usize {
     let g = view.gpus();
     let holder = |node: &str, uuid: &str| view.nodes.get(node)?.allocated_gpus.get(uuid).map(String::as_str);
     let sample = |i: usize| g[i].last_sample.as_ref();
     let idx = 0..g.len();
-    vec![
-        strs(g.iter().map(|r| Some(r.node.as_str()))),
-        u32s(g.iter().map(|r| r.index)),
-        strs(g.iter().map(|r| Some(r.uuid.as_str()))),
-        strs(g.iter().map(|r| Some(r.model.as_str()))),
-        u64s(g.iter().map(|r| r.memory_mb)),
-        strs(g.iter().map(|r| holder(&r.node, &r.uuid))),
-        times(g.iter().map(|r| r.last_sample_ms)),
-        Arc::new(idx.clone().map(|i| sample(i).map(|s| s.utilization_pct)).collect::<Float64Array>()),
-        Arc::new(idx.clone().map(|i| sample(i).map(|s| s.memory_used_mb)).collect::<UInt64Array>()),
-        Arc::new(idx.clone().map(|i| sample(i).map(|s| s.temperature_c)).collect::<Float64Array>()),
-        Arc::new(idx.map(|i| sample(i).map(|s| s.power_w)).collect::<Float64Array>()),
-    ]
+    c.add(|| strs(g.iter().map(|r| Some(r.node.as_str()))));
+    c.add(|| u32s(g.iter().map(|r| r.index)));
+    c.add(|| strs(g.iter().map(|r| Some(r.uuid.as_str()))));
+    c.add(|| strs(g.iter().map(|r| Some(r.model.as_str()))));
+    c.add(|| u64s(g.iter().map(|r| r.memory_mb)));
+    c.add(|| strs(g.iter().map(|r| holder(&r.node, &r.uuid))));
+    c.add(|| times(g.iter().map(|r| r.last_sample_ms)));
+    c.add(|| Arc::new(idx.clone().map(|i| sample(i).map(|s| s.utilization_pct)).collect::<Float64Array>()));
+    c.add(|| Arc::new(idx.clone().map(|i| sample(i).map(|s| s.memory_used_mb)).collect::<UInt64Array>()));
+    c.add(|| Arc::new(idx.clone().map(|i| sample(i).map(|s| s.temperature_c)).collect::<Float64Array>()));
+    c.add(|| Arc::new(idx.clone().map(|i| sample(i).map(|s| s.power_w)).collect::<Float64Array>()));
+    g.len()
 }
 
-fn workloads(view: &ClusterView) -> Result<Vec<ArrayRef>> {
+fn workloads(view: &ClusterView, c: &mut Columns) -> Result<usize> {
     let w: Vec<_> = view.workloads.values().collect();
-    let gpu_uuids = w.iter().map(|r| json(&r.gpu_uuids)).collect::<Result<Vec<_>>>()?;
-    let labels = w.iter().map(|r| json(&r.spec.labels)).collect::<Result<Vec<_>>>()?;
-    Ok(vec![
-        strs(w.iter().map(|r| Some(r.id.as_str()))),
-        strs(w.iter().map(|r| Some(r.spec.name.as_str()))),
-        strs(w.iter().map(|r| Some(r.spec.image.as_str()))),
-        strs(w.iter().map(|r| Some(r.status.as_str()))),
-        strs(w.iter().map(|r| r.node.as_deref())),
-        u32s(w.iter().map(|r| r.spec.gpus)),
-        strs(w.iter().map(|r| r.spec.gpu_model.as_deref())),
-        u64s(w.iter().map(|r| r.spec.min_gpu_memory_mb)),
-        strs(gpu_uuids.iter().map(|s| Some(s.as_str()))),
-        Arc::new(w.iter().map(|r| r.spec.priority).collect::<Int32Array>()),
-        strs(labels.iter().map(|s| Some(s.as_str()))),
-        strs(w.iter().map(|r| Some(r.submitted_by.as_str()))),
-        times(w.iter().map(|r| Some(r.submitted_ms))),
-        u64s(w.iter().map(|r| r.submitted_seq)),
-        times(w.iter().map(|r| r.started_ms)),
-        times(w.iter().map(|r| r.finished_ms)),
-        Arc::new(w.iter().map(|r| r.exit_code).collect::<Int32Array>()),
-        bools(w.iter().map(|r| r.oom_killed)),
-        bools(w.iter().map(|r| r.cancel_requested)),
-        strs(w.iter().map(|r| r.cancel_reason.as_deref())),
-        u32s(w.iter().map(|r| r.lost_count)),
-        strs(w.iter().map(|r| r.placement.as_ref().map(|p| p.summary.as_str()))),
-        strs(w.iter().map(|r| r.unschedulable.as_ref().map(|p| p.summary.as_str()))),
-        u64s(w.iter().map(|r| r.changed_seq)),
-    ])
+    c.add(|| strs(w.iter().map(|r| Some(r.id.as_str()))));
+    c.add(|| strs(w.iter().map(|r| Some(r.spec.name.as_str()))));
+    c.add(|| strs(w.iter().map(|r| Some(r.spec.image.as_str()))));
+    c.add(|| strs(w.iter().map(|r| Some(r.status.as_str()))));
+    c.add(|| strs(w.iter().map(|r| r.node.as_deref())));
+    c.add(|| u32s(w.iter().map(|r| r.spec.gpus)));
+    c.add(|| strs(w.iter().map(|r| r.spec.gpu_model.as_deref())));
+    c.add(|| u64s(w.iter().map(|r| r.spec.min_gpu_memory_mb)));
+    c.try_add(|| jsons(w.iter().map(|r| &r.gpu_uuids)))?;
+    c.add(|| Arc::new(w.iter().map(|r| r.spec.priority).collect::<Int32Array>()));
+    c.try_add(|| jsons(w.iter().map(|r| &r.spec.labels)))?;
+    c.add(|| strs(w.iter().map(|r| Some(r.submitted_by.as_str()))));
+    c.add(|| times(w.iter().map(|r| Some(r.submitted_ms))));
+    c.add(|| u64s(w.iter().map(|r| r.submitted_seq)));
+    c.add(|| times(w.iter().map(|r| r.started_ms)));
+    c.add(|| times(w.iter().map(|r| r.finished_ms)));
+    c.add(|| Arc::new(w.iter().map(|r| r.exit_code).collect::<Int32Array>()));
+    c.add(|| bools(w.iter().map(|r| r.oom_killed)));
+    c.add(|| bools(w.iter().map(|r| r.cancel_requested)));
+    c.add(|| strs(w.iter().map(|r| r.cancel_reason.as_deref())));
+    c.add(|| u32s(w.iter().map(|r| r.lost_count)));
+    c.add(|| strs(w.iter().map(|r| r.placement.as_ref().map(|p| p.summary.as_str()))));
+    c.add(|| strs(w.iter().map(|r| r.unschedulable.as_ref().map(|p| p.summary.as_str()))));
+    c.add(|| u64s(w.iter().map(|r| r.changed_seq)));
+    Ok(w.len())
 }
 
-fn proposals(view: &ClusterView) -> Result<Vec<ArrayRef>> {
+fn proposals(view: &ClusterView, c: &mut Columns) -> Result<usize> {
     let p: Vec<_> = view.proposals.values().collect();
-    let actions: Vec<String> = p.iter().map(|r| r.action.to_string()).collect();
-    // The action's serde tag names its type without a match on the variants,
-    // so new actions show up here unchanged.
-    let types = p
-        .iter()
-        .map(|r| {
-            let v = serde_json::to_value(&r.action).map_err(|e| Error::Encode(e.to_string()))?;
-            Ok(v.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_string())
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(vec![
-        strs(p.iter().map(|r| Some(r.id.as_str()))),
-        strs(actions.iter().map(|s| Some(s.as_str()))),
-        strs(types.iter().map(|s| Some(s.as_str()))),
-        strs(p.iter().map(|r| Some(r.action.touches().1))),
-        u64s(p.iter().map(|r| r.basis_seq)),
-        strs(p.iter().map(|r| Some(r.reason.as_str()))),
-        strs(p.iter().map(|r| Some(r.status.as_str()))),
-        strs(p.iter().map(|r| Some(r.created_by.as_str()))),
-        times(p.iter().map(|r| Some(r.created_ms))),
-        u64s(p.iter().map(|r| r.created_seq)),
-        strs(p.iter().map(|r| r.decided_by.as_deref())),
-        times(p.iter().map(|r| r.decided_ms)),
-        strs(p.iter().map(|r| r.decision_note.as_deref())),
-    ])
+    c.add(|| strs(p.iter().map(|r| Some(r.id.as_str()))));
+    c.add(|| {
+        let actions: Vec<String> = p.iter().map(|r| r.action.to_string()).collect();
+        strs(actions.iter().map(|s| Some(s.as_str())))
+    });
+    c.try_add(|| {
+        // The action's serde tag names its type without a match on the
+        // variants, so new actions show up here unchanged.
+        let types = p
+            .iter()
+            .map(|r| {
+                let v = serde_json::to_value(&r.action).map_err(|e| Error::Encode(e.to_string()))?;
+                Ok(v.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_string())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(strs(types.iter().map(|s| Some(s.as_str()))))
+    })?;
+    c.add(|| strs(p.iter().map(|r| Some(r.action.touches().1))));
+    c.add(|| u64s(p.iter().map(|r| r.basis_seq)));
+    c.add(|| strs(p.iter().map(|r| Some(r.reason.as_str()))));
+    c.add(|| strs(p.iter().map(|r| Some(r.status.as_str()))));
+    c.add(|| strs(p.iter().map(|r| Some(r.created_by.as_str()))));
+    c.add(|| times(p.iter().map(|r| Some(r.created_ms))));
+    c.add(|| u64s(p.iter().map(|r| r.created_seq)));
+    c.add(|| strs(p.iter().map(|r| r.decided_by.as_deref())));
+    c.add(|| times(p.iter().map(|r| r.decided_ms)));
+    c.add(|| strs(p.iter().map(|r| r.decision_note.as_deref())));
+    Ok(p.len())
 }
 
-fn incidents(view: &ClusterView) -> Result<Vec<ArrayRef>> {
+fn incidents(view: &ClusterView, c: &mut Columns) -> Result<usize> {
     let i: Vec<_> = view.incidents.values().collect();
-    let signals = i.iter().map(|r| json(&r.signals)).collect::<Result<Vec<_>>>()?;
-    Ok(vec![
-        strs(i.iter().map(|r| Some(r.id.as_str()))),
-        strs(i.iter().map(|r| Some(r.kind.as_str()))),
-        strs(i.iter().map(|r| Some(r.status.as_str()))),
-        strs(i.iter().map(|r| Some(r.subject.as_str()))),
-        strs(i.iter().map(|r| Some(r.node.as_str()).filter(|n| !n.is_empty()))),
-        strs(signals.iter().map(|s| Some(s.as_str()))),
-        strs(i.iter().map(|r| Some(r.summary.as_str()))),
-        strs(i.iter().map(|r| Some(r.opened_by.as_str()))),
-        times(i.iter().map(|r| Some(r.opened_ms))),
-        u64s(i.iter().map(|r| r.opened_seq)),
-        strs(i.iter().map(|r| r.resolved_by.as_deref())),
-        times(i.iter().map(|r| r.resolved_ms)),
-        Arc::new(i.iter().map(|r| r.resolved_seq).collect::<UInt64Array>()),
-        strs(i.iter().map(|r| r.root_cause.as_deref())),
-        strs(i.iter().map(|r| r.resolution.as_deref())),
-    ])
+    c.add(|| strs(i.iter().map(|r| Some(r.id.as_str()))));
+    c.add(|| strs(i.iter().map(|r| Some(r.kind.as_str()))));
+    c.add(|| strs(i.iter().map(|r| Some(r.status.as_str()))));
+    c.add(|| strs(i.iter().map(|r| Some(r.subject.as_str()))));
+    c.add(|| strs(i.iter().map(|r| Some(r.node.as_str()).filter(|n| !n.is_empty()))));
+    c.try_add(|| jsons(i.iter().map(|r| &r.signals)))?;
+    c.add(|| strs(i.iter().map(|r| Some(r.summary.as_str()))));
+    c.add(|| strs(i.iter().map(|r| Some(r.opened_by.as_str()))));
+    c.add(|| times(i.iter().map(|r| Some(r.opened_ms))));
+    c.add(|| u64s(i.iter().map(|r| r.opened_seq)));
+    c.add(|| strs(i.iter().map(|r| r.resolved_by.as_deref())));
+    c.add(|| times(i.iter().map(|r| r.resolved_ms)));
+    c.add(|| Arc::new(i.iter().map(|r| r.resolved_seq).collect::<UInt64Array>()));
+    c.add(|| strs(i.iter().map(|r| r.root_cause.as_deref())));
+    c.add(|| strs(i.iter().map(|r| r.resolution.as_deref())));
+    Ok(i.len())
+}
+
+/// Each value as JSON text, one string per row.
+fn jsons<'a, T: serde::Serialize + 'a>(v: impl Iterator<Item = &'a T>) -> Result<ArrayRef> {
+    let texts = v.map(json).collect::<Result<Vec<_>>>()?;
+    Ok(strs(texts.iter().map(|s| Some(s.as_str()))))
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String> {

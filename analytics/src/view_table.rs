@@ -51,21 +51,25 @@ impl TableProvider for ViewTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let kind = self.kind;
+        // Only the columns the query reads are built (none for `count(*)`).
+        let columns: Option<Vec<usize>> = projection.cloned();
         let batch = match self.at_seq {
             // Borrow the live view under its read lock instead of cloning it.
-            None => self.store.with_view(|v| kind.batch(v)),
+            None => self.store.with_view(|v| kind.batch_of(v, columns.as_deref())),
             Some(seq) => {
                 // A past view costs a checkpoint load plus a bounded replay:
                 // RocksDB work, so off the async threads.
                 let store = self.store.clone();
-                tokio::task::spawn_blocking(move || kind.batch(&store.view_at_summaries(seq, kind.tables())?))
-                    .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                tokio::task::spawn_blocking(move || {
+                    kind.batch_of(&store.view_at_summaries(seq, kind.tables())?, columns.as_deref())
+                })
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
             }
         }
         .map_err(DataFusionError::from)?;
-        let table = MemTable::try_new(kind.schema(), vec![vec![batch]])?;
-        table.scan(state, projection, filters, limit).await
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        table.scan(state, None, filters, limit).await
     }
 }
 

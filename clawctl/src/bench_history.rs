@@ -52,6 +52,8 @@ pub struct HistoryReport {
     pub nodes_at_p99_ms: f64,
     pub workloads_at_p50_ms: f64,
     pub workloads_at_p99_ms: f64,
+    pub workloads_at_rows_p50_ms: f64,
+    pub workloads_at_rows_p99_ms: f64,
     pub filtered_query: String,
     pub filtered_ms: f64,
     pub filtered_rows_returned: u64,
@@ -101,6 +103,13 @@ impl HistoryReport {
                 format!(
                     "p50 {:.2} ms, p99 {:.2} ms (SELECT count(*) FROM workloads_at(seq))",
                     self.workloads_at_p50_ms, self.workloads_at_p99_ms
+                ),
+            ),
+            (
+                "",
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms (SELECT * FROM workloads_at(seq), every row to this client)",
+                    self.workloads_at_rows_p50_ms, self.workloads_at_rows_p99_ms
                 ),
             ),
             ("filtered query", self.filtered_query.clone()),
@@ -227,19 +236,23 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
     // The same seqs through SQL on seance tables: the cost of rebuilding
     // one table's state (checkpoint + replay) without shipping the whole
     // view as JSON, as GetState does.
-    let seance = async |table: &str| -> Result<Histogram<u64>> {
+    let sample = async |query: &dyn Fn(u64) -> String| -> Result<Histogram<u64>> {
         let mut h = histogram();
         for &seq in &seqs {
             let t = Instant::now();
-            client.query(&format!("SELECT count(*) FROM {table}_at({seq})")).await?;
+            client.query(&query(seq)).await?;
             h.record(t.elapsed().as_micros().max(1) as u64)?;
         }
         Ok(h)
     };
+    let seance = async |table: &str| sample(&|seq| format!("SELECT count(*) FROM {table}_at({seq})")).await;
     eprintln!("measuring members_at, nodes_at, workloads_at");
     let core = seance("members").await?;
     let nodes_at = seance("nodes").await?;
     let workloads_at = seance("workloads").await?;
+    // Every row and column, shipped to this client as Arrow: what a user
+    // reading the whole table as it was waits for.
+    let workloads_rows = sample(&|seq| format!("SELECT * FROM workloads_at({seq})")).await?;
 
     eprintln!("measuring the filtered, full-scan and as-of queries");
     // One node, a tenth of the history's time span, in its middle.
@@ -286,6 +299,8 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         nodes_at_p99_ms: ms(nodes_at.value_at_quantile(0.99)),
         workloads_at_p50_ms: ms(workloads_at.value_at_quantile(0.5)),
         workloads_at_p99_ms: ms(workloads_at.value_at_quantile(0.99)),
+        workloads_at_rows_p50_ms: ms(workloads_rows.value_at_quantile(0.5)),
+        workloads_at_rows_p99_ms: ms(workloads_rows.value_at_quantile(0.99)),
         filtered_query: filtered,
         filtered_ms,
         filtered_rows_returned: filtered_rows,

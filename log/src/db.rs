@@ -208,6 +208,33 @@ pub(crate) fn decode_json<T: DeserializeOwned>(cf: &str, key: &[u8], bytes: &[u8
     serde_json::from_slice(bytes).map_err(|e| Error::decode(format!("record {cf}/{}", show_key(key)), e))
 }
 
+/// The first byte of a view row stored as MessagePack. Rows written before
+/// it are JSON, whose text never starts with this byte, so both read.
+pub(crate) const ROW_MSGPACK: u8 = 0x01;
+
+/// Encodes a row of the view's row checkpoints: [`ROW_MSGPACK`], then the
+/// row as MessagePack with named fields (a map, like JSON, so a field added
+/// with `#[serde(default)]` still reads old rows). Past-state reads decode
+/// tens of thousands of these per query; MessagePack is about half JSON's
+/// bytes for these rows and several times cheaper to decode.
+pub(crate) fn encode_row<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(256);
+    buf.push(ROW_MSGPACK);
+    rmp_serde::encode::write_named(&mut buf, value)
+        .map_err(|e| Error::Storage(format!("cannot encode {what}: {e}")))?;
+    Ok(buf)
+}
+
+/// Decodes a row written by [`encode_row`], or a JSON row written before
+/// it; the error names the column family, the key and the format.
+pub(crate) fn decode_row<T: DeserializeOwned>(cf: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    match bytes.split_first() {
+        Some((&ROW_MSGPACK, body)) => rmp_serde::from_slice(body)
+            .map_err(|e| Error::decode(format!("record {cf}/{}", show_key(key)), format!("MessagePack row: {e}"))),
+        _ => decode_json(cf, key, bytes),
+    }
+}
+
 /// Encodes a value for storage; `what` names it in the (unlikely) error.
 pub(crate) fn encode_json<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| Error::Storage(format!("cannot encode {what}: {e}")))

@@ -27,7 +27,7 @@ use rocksdb::WriteBatch;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{decode_json, encode_json, Db};
+use crate::db::{decode_row, encode_row, Db};
 use crate::keys::{show_key, CF_VIEW_ROWS};
 use crate::{Error, Result};
 
@@ -130,7 +130,7 @@ fn put_rows<K: RowKey, V: Serialize>(
 ) -> Result<()> {
     for key in keys {
         if let Some(row) = rows.get(&key) {
-            batch.put_cf(cf, row_key(table, &key.bytes(), seq), encode_json("view row", row)?);
+            batch.put_cf(cf, row_key(table, &key.bytes(), seq), encode_row("view row", row)?);
         }
     }
     Ok(())
@@ -148,14 +148,14 @@ pub(crate) fn put_checkpoint(db: &Db, batch: &mut WriteBatch, view: &ClusterView
         last_time_ms: view.last_time_ms,
         event_counts: view.event_counts.clone(),
     };
-    batch.put_cf(&cf, row_key(META, &[], seq), encode_json("view checkpoint", &meta)?);
+    batch.put_cf(&cf, row_key(META, &[], seq), encode_row("view checkpoint", &meta)?);
     put_rows(batch, &cf, MEMBERS, &view.members, changed.members, seq)?;
     put_rows(batch, &cf, NODES, &view.nodes, changed.nodes, seq)?;
     for key in changed.workloads {
         if let Some(row) = view.workloads.get(&key) {
             let (row, verdicts) = split_verdicts(row);
-            batch.put_cf(&cf, row_key(WORKLOADS, key.as_bytes(), seq), encode_json("view row", &row)?);
-            batch.put_cf(&cf, row_key(WORKLOAD_VERDICTS, key.as_bytes(), seq), encode_json("view row", &verdicts)?);
+            batch.put_cf(&cf, row_key(WORKLOADS, key.as_bytes(), seq), encode_row("view row", &row)?);
+            batch.put_cf(&cf, row_key(WORKLOAD_VERDICTS, key.as_bytes(), seq), encode_row("view row", &verdicts)?);
         }
     }
     put_rows(batch, &cf, PROPOSALS, &view.proposals, changed.proposals, seq)?;
@@ -205,9 +205,10 @@ pub(crate) fn first_checkpoint(db: &Db) -> Result<Option<u64>> {
 /// never carry them).
 pub(crate) fn load(db: &Db, at: u64, tables: ViewTables, rows: &RowKeys, verdicts: bool) -> Result<ClusterView> {
     let meta_key = row_key(META, &[], at);
-    let meta: ViewMeta = db
-        .get_json(CF_VIEW_ROWS, &meta_key)?
+    let stored = db
+        .get_raw(CF_VIEW_ROWS, &meta_key)?
         .ok_or_else(|| Error::Storage(format!("the view checkpoint at seq {at} is missing from {CF_VIEW_ROWS}")))?;
+    let meta: ViewMeta = decode_row(CF_VIEW_ROWS, &meta_key, &stored)?;
     if meta.last_seq != at {
         return Err(Error::decode(
             format!("record {CF_VIEW_ROWS}/{}", show_key(&meta_key)),
@@ -284,7 +285,7 @@ impl Reader<'_> {
         self.status()?;
         match (self.it.key(), self.it.value()) {
             (Some(k), Some(v)) => match split(k) {
-                Some((t, rk, _)) if t == table && rk == key => Ok(Some(decode_json(CF_VIEW_ROWS, k, v)?)),
+                Some((t, rk, _)) if t == table && rk == key => Ok(Some(decode_row(CF_VIEW_ROWS, k, v)?)),
                 Some(_) => Ok(None),
                 None => Err(Error::decode(format!("record {CF_VIEW_ROWS}/{}", show_key(k)), "not a view row key")),
             },
@@ -349,7 +350,7 @@ impl Reader<'_> {
             }
             self.status()?;
             if let Some(seq) = newest_seq {
-                out.restore(parsed, decode_json(CF_VIEW_ROWS, &row_key(table, &prefix[5..], seq), &newest)?);
+                out.restore(parsed, decode_row(CF_VIEW_ROWS, &row_key(table, &prefix[5..], seq), &newest)?);
             }
         }
     }
@@ -369,7 +370,127 @@ pub(crate) fn rows_stored_at(db: &Db, seq: u64) -> Result<usize> {
 
 #[cfg(test)]
 mod tests {
+    use claw_commands::{Placement, WorkloadSpec, WorkloadStatus};
+    use claw_projections::MemberRow;
+
     use super::*;
+    use crate::db::ROW_MSGPACK;
+
+    fn workload(id: &str, seq: u64) -> WorkloadRow {
+        WorkloadRow {
+            id: id.into(),
+            spec: WorkloadSpec {
+                name: format!("job-{id}"),
+                image: "busybox".into(),
+                labels: [("team".to_string(), "ml".to_string())].into(),
+                ..WorkloadSpec::default()
+            },
+            status: WorkloadStatus::Placed,
+            submitted_by: "alice".into(),
+            submitted_ms: 1_700_000_000_000,
+            submitted_seq: seq,
+            node: Some("node-a".into()),
+            cancel_requested: false,
+            cancel_reason: None,
+            exit_code: None,
+            started_ms: None,
+            finished_ms: None,
+            changed_seq: seq + 1,
+            gpu_uuids: vec!["GPU-1".into()],
+            placement: Some(Placement {
+                strategy: "binpack".into(),
+                considered: vec![NodeVerdict {
+                    node: "node-a".into(),
+                    failed_filter: None,
+                    detail: "fits: 1 of 8 GPUs free".into(),
+                    score: Some(0.5),
+                }],
+                chosen: Some("node-a".into()),
+                summary: "placed on node-a; 1 node considered".into(),
+            }),
+            unschedulable: None,
+            oom_killed: false,
+            lost_count: 0,
+        }
+    }
+
+    /// Data directories written before rows were MessagePack hold JSON
+    /// rows; a past view mixing both reads exactly what was written.
+    #[test]
+    fn json_rows_written_before_messagepack_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path(), false).expect("open");
+        let cf = db.cf(CF_VIEW_ROWS).expect("cf");
+        let old = workload("w-old", 3);
+        let (old_row, old_verdicts) = split_verdicts(&old);
+        let meta = ViewMeta { last_seq: 10, last_hash: "h10".into(), last_time_ms: 5, event_counts: BTreeMap::new() };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(&cf, row_key(META, &[], 10), serde_json::to_vec(&meta).expect("json"));
+        batch.put_cf(&cf, row_key(WORKLOADS, b"w-old", 10), serde_json::to_vec(&old_row).expect("json"));
+        batch.put_cf(&cf, row_key(WORKLOAD_VERDICTS, b"w-old", 10), serde_json::to_vec(&old_verdicts).expect("json"));
+        db.write(batch, false).expect("write json rows");
+
+        let mut view = load(&db, 10, ViewTables::ALL, &RowKeys::default(), true).expect("load json");
+        assert_eq!(view.workloads.get("w-old"), Some(&old));
+        let new = workload("w-new", 12);
+        view.workloads.insert("w-new".into(), new.clone());
+        view.members.insert(
+            1,
+            MemberRow { id: 1, addr: "127.0.0.1:1".into(), voter: true, added_seq: 11, added_by: "bootstrap".into() },
+        );
+        view.last_seq = 20;
+        let changed = view.take_touched();
+        let mut batch = WriteBatch::default();
+        put_checkpoint(&db, &mut batch, &view, changed).expect("checkpoint");
+        db.write(batch, false).expect("write");
+
+        let stored = db.get_raw(CF_VIEW_ROWS, &row_key(WORKLOADS, b"w-new", 20)).expect("read").expect("stored");
+        assert_eq!(stored[0], ROW_MSGPACK);
+        let as_json = serde_json::to_vec(&split_verdicts(&new).0).expect("json");
+        assert!(stored.len() < as_json.len(), "MessagePack {} bytes, JSON {}", stored.len(), as_json.len());
+
+        let at20 = load(&db, 20, ViewTables::ALL, &RowKeys::default(), true).expect("load mixed");
+        assert_eq!(at20.workloads.get("w-old"), Some(&old), "the JSON row, with its verdicts");
+        assert_eq!(at20.workloads.get("w-new"), Some(&new), "the MessagePack row, with its verdicts");
+        assert_eq!(at20.members, view.members);
+        assert_eq!(at20.last_seq, 20);
+        let at10 = load(&db, 10, ViewTables::ALL, &RowKeys::default(), false).expect("load json again");
+        assert!(!at10.workloads.contains_key("w-new"));
+        assert_eq!(at10.workloads.len(), 1);
+    }
+
+    /// A damaged MessagePack row is an error naming the record, never a
+    /// panic or a row made up from the damage.
+    #[test]
+    fn damaged_messagepack_rows_are_errors_naming_the_record() {
+        let good = crate::db::encode_row("view row", &split_verdicts(&workload("w-1", 1)).0).expect("encode");
+        let key = row_key(WORKLOADS, b"w-1", 7);
+        let named = |e: Error| {
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("view_rows/{}", show_key(&key))), "{msg}");
+            assert!(msg.contains("MessagePack"), "{msg}");
+        };
+        for cut in 1..good.len() {
+            match decode_row::<WorkloadRow>(CF_VIEW_ROWS, &key, &good[..cut]) {
+                Err(e) => named(e),
+                Ok(row) => panic!("a row cut at {cut} of {} bytes decoded: {row:?}", good.len()),
+            }
+        }
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..2_000 {
+            let mut bytes = good.clone();
+            for _ in 0..3 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = 1 + (x as usize) % (bytes.len() - 1);
+                bytes[i] = (x >> 32) as u8;
+            }
+            if let Err(e) = decode_row::<WorkloadRow>(CF_VIEW_ROWS, &key, &bytes) {
+                named(e);
+            }
+        }
+    }
 
     #[test]
     fn keys_split_back_and_sort_by_row_then_seq() {
