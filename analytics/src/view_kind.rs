@@ -165,6 +165,18 @@ impl ViewKind {
         Arc::new(Schema::new(fields))
     }
 
+    /// The workload row fields that no column in `projection` reads, so a
+    /// past view built for it may leave them out (see
+    /// `EventStore::view_at_summaries_without`); none for other tables or
+    /// when every column is read.
+    pub(crate) fn unread_row_fields(self, projection: Option<&[usize]>) -> Vec<&'static str> {
+        let (ViewKind::Workloads, Some(projection)) = (self, projection) else { return Vec::new() };
+        let schema = self.schema();
+        let read: Vec<&str> =
+            projection.iter().filter_map(|&i| schema.fields().get(i)).map(|f| workload_row_field(f.name())).collect();
+        SKIPPABLE_WORKLOAD_FIELDS.iter().copied().filter(|f| !read.contains(f)).collect()
+    }
+
     /// The table's rows in `view`, every column.
     #[cfg(test)]
     pub(crate) fn batch(self, view: &ClusterView) -> Result<RecordBatch> {
@@ -201,6 +213,20 @@ impl ViewKind {
             }
         };
         batch(schema, arrays, rows)
+    }
+}
+
+/// The workload row fields that are optional or default when absent and
+/// worth not decoding (collections and text).
+const SKIPPABLE_WORKLOAD_FIELDS: [&str; 6] =
+    ["spec", "node", "gpu_uuids", "cancel_reason", "placement", "unschedulable"];
+
+/// The row field a `workloads` column is built from (its own name for
+/// columns built from a field of that name or from scalars).
+fn workload_row_field(column: &str) -> &str {
+    match column {
+        "name" | "image" | "gpus" | "gpu_model" | "min_gpu_memory_mb" | "priority" | "labels" => "spec",
+        other => other,
     }
 }
 

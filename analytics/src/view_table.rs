@@ -60,8 +60,10 @@ impl TableProvider for ViewTable {
                 // A past view costs a checkpoint load plus a bounded replay:
                 // RocksDB work, so off the async threads.
                 let store = self.store.clone();
+                let unread = kind.unread_row_fields(columns.as_deref());
                 tokio::task::spawn_blocking(move || {
-                    kind.batch_of(&store.view_at_summaries(seq, kind.tables())?, columns.as_deref())
+                    let view = store.view_at_summaries_without(seq, kind.tables(), &unread)?;
+                    kind.batch_of(&view, columns.as_deref())
                 })
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))?

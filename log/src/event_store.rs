@@ -211,7 +211,7 @@ impl EventStore {
     /// names: those are exact, the others hold only the rows the replay
     /// needed. Loads only those tables' rows from the checkpoint.
     pub fn view_at_with(&self, seq: u64, tables: ViewTables) -> Result<ClusterView> {
-        self.view_at_retrying(seq, tables, true)
+        self.view_at_retrying(seq, tables, true, &[])
     }
 
     /// [`EventStore::view_at_with`] without the scheduler's per-node
@@ -220,7 +220,22 @@ impl EventStore {
     /// verdicts are most of a workload row's bytes, so a reader that shows
     /// only summaries (SQL) reads a fraction of the checkpoint.
     pub fn view_at_summaries(&self, seq: u64, tables: ViewTables) -> Result<ClusterView> {
-        let mut view = self.view_at_retrying(seq, tables, false)?;
+        self.view_at_summaries_without(seq, tables, &[])
+    }
+
+    /// [`EventStore::view_at_summaries`] for a reader of some of the
+    /// workload table's columns: workload rows read whole from the
+    /// checkpoint leave the fields named in `skip_workload_fields` (e.g.
+    /// `spec`, `placement`) at their defaults, and are decoded without
+    /// building them. Rows the replay changes are read whole, so every
+    /// field not skipped is exact.
+    pub fn view_at_summaries_without(
+        &self,
+        seq: u64,
+        tables: ViewTables,
+        skip_workload_fields: &[&str],
+    ) -> Result<ClusterView> {
+        let mut view = self.view_at_retrying(seq, tables, false, skip_workload_fields)?;
         // Rows the replay changed got their verdicts from the events.
         let has = |p: &Option<claw_commands::Placement>| p.as_ref().is_some_and(|p| !p.considered.is_empty());
         let replayed: Vec<String> = view
@@ -239,14 +254,14 @@ impl EventStore {
         Ok(view)
     }
 
-    fn view_at_retrying(&self, seq: u64, tables: ViewTables, verdicts: bool) -> Result<ClusterView> {
+    fn view_at_retrying(&self, seq: u64, tables: ViewTables, verdicts: bool, skip: &[&str]) -> Result<ClusterView> {
         // The checkpoint lookup, its rows and the replay are separate reads:
         // a snapshot install between them (it rewrites all three) could mix
         // two histories' checkpoints. Retry until none ran meanwhile.
         for attempt in 0..10_000u32 {
             let before = self.shared.installs.load(Ordering::Acquire);
             if before.is_multiple_of(2) {
-                let view = self.view_at_once(seq, tables, verdicts);
+                let view = self.view_at_once(seq, tables, verdicts, skip);
                 if self.shared.installs.load(Ordering::Acquire) == before {
                     return view;
                 }
@@ -262,7 +277,7 @@ impl EventStore {
         )))
     }
 
-    fn view_at_once(&self, seq: u64, tables: ViewTables, verdicts: bool) -> Result<ClusterView> {
+    fn view_at_once(&self, seq: u64, tables: ViewTables, verdicts: bool, skip: &[&str]) -> Result<ClusterView> {
         let last = self.last_seq();
         if seq > last {
             return Err(Error::BeyondEnd { requested: seq, last });
@@ -283,14 +298,17 @@ impl EventStore {
             };
             let outside = needed.without(tables);
             let mut rows = RowKeys::default();
-            if outside != ViewTables::default() {
+            if outside != ViewTables::default() || !skip.is_empty() {
                 for step in &replay {
                     if let Replayed::Event(rec) = step {
                         rows.extend(ClusterView::rows_used_by(&rec.event));
                     }
                 }
             }
-            let mut view = view_rows::load(db, at, tables, &outside.keep(rows), verdicts)?;
+            // Workload rows the replay changes are read whole.
+            let changed = if skip.is_empty() { Default::default() } else { rows.workloads.clone() };
+            let skip = view_rows::Skip { workload_fields: skip, except: &changed };
+            let mut view = view_rows::load(db, at, tables, &outside.keep(rows), verdicts, skip)?;
             for step in &replay {
                 match step {
                     Replayed::Event(rec) => view.apply(rec),

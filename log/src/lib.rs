@@ -28,6 +28,7 @@ mod network_client;
 mod proposer;
 mod raft_rpc_service;
 mod rollup;
+mod skip_fields;
 mod snapshot_builder;
 mod snapshot_data;
 mod snapshot_install;

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{decode_row, encode_row, Db};
 use crate::keys::{show_key, CF_VIEW_ROWS};
+use crate::skip_fields::decode_skipping;
 use crate::{Error, Result};
 
 const META: u8 = 0;
@@ -203,7 +204,14 @@ pub(crate) fn first_checkpoint(db: &Db) -> Result<Option<u64>> {
 /// as long as `rows` holds every row those events name. The workload table's
 /// per-node verdicts are read only when `verdicts` says so (single rows
 /// never carry them).
-pub(crate) fn load(db: &Db, at: u64, tables: ViewTables, rows: &RowKeys, verdicts: bool) -> Result<ClusterView> {
+pub(crate) fn load(
+    db: &Db,
+    at: u64,
+    tables: ViewTables,
+    rows: &RowKeys,
+    verdicts: bool,
+    skip: Skip,
+) -> Result<ClusterView> {
     let meta_key = row_key(META, &[], at);
     let stored = db
         .get_raw(CF_VIEW_ROWS, &meta_key)?
@@ -224,10 +232,14 @@ pub(crate) fn load(db: &Db, at: u64, tables: ViewTables, rows: &RowKeys, verdict
     };
     let mut reader = Reader { db, at, it: db.raw_iter(CF_VIEW_ROWS)? };
     reader.table_or_rows(MEMBERS, tables.members, &rows.members, &mut view.members)?;
-    reader.table_or_rows(WORKLOADS, tables.workloads, &rows.workloads, &mut view.workloads)?;
+    if tables.workloads {
+        reader.table(WORKLOADS, &mut view.workloads, skip)?;
+    } else {
+        reader.rows(WORKLOADS, &rows.workloads, &mut view.workloads)?;
+    }
     if tables.workloads && verdicts {
         let mut stored: Table<String, Verdicts> = Table::default();
-        reader.table(WORKLOAD_VERDICTS, &mut stored)?;
+        reader.table(WORKLOAD_VERDICTS, &mut stored, Skip::NONE)?;
         for (id, v) in stored.into_rows() {
             // Written with the row at the same seq, so the newest of each
             // at or before `at` belong together.
@@ -245,6 +257,20 @@ pub(crate) fn load(db: &Db, at: u64, tables: ViewTables, rows: &RowKeys, verdict
     reader.table_or_rows(PROPOSALS, tables.proposals, &rows.proposals, &mut view.proposals)?;
     reader.table_or_rows(INCIDENTS, tables.incidents, &rows.incidents, &mut view.incidents)?;
     Ok(view)
+}
+
+/// Which fields of the rows read whole to leave out, and the rows to read
+/// whole regardless (by key).
+#[derive(Clone, Copy)]
+pub(crate) struct Skip<'a> {
+    pub(crate) workload_fields: &'a [&'a str],
+    pub(crate) except: &'a std::collections::BTreeSet<String>,
+}
+
+static NO_KEYS: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+
+impl Skip<'static> {
+    pub(crate) const NONE: Skip<'static> = Skip { workload_fields: &[], except: &NO_KEYS };
 }
 
 struct Reader<'a> {
@@ -268,15 +294,24 @@ impl Reader<'_> {
         out: &mut Table<K, V>,
     ) -> Result<()> {
         if whole {
-            self.table(table, out)
+            self.table(table, out, Skip::NONE)
         } else {
-            for key in keys {
-                if let Some(row) = self.row(table, &key.bytes())? {
-                    out.restore(key.clone(), row);
-                }
-            }
-            Ok(())
+            self.rows(table, keys, out)
         }
+    }
+
+    fn rows<K: RowKey, V: DeserializeOwned>(
+        &mut self,
+        table: u8,
+        keys: &std::collections::BTreeSet<K>,
+        out: &mut Table<K, V>,
+    ) -> Result<()> {
+        for key in keys {
+            if let Some(row) = self.row(table, &key.bytes())? {
+                out.restore(key.clone(), row);
+            }
+        }
+        Ok(())
     }
 
     /// The newest version at or before `at` of one row.
@@ -299,7 +334,8 @@ impl Reader<'_> {
     /// handful of versions), keeping the last at or before `at`; a row key
     /// with many versions (a node changes at every checkpoint) is crossed
     /// with two seeks instead. Only the kept version is decoded.
-    fn table<K: RowKey, V: DeserializeOwned>(&mut self, table: u8, out: &mut Table<K, V>) -> Result<()> {
+    /// Rows `skip` names no exception for are decoded without its fields.
+    fn table<K: RowKey, V: DeserializeOwned>(&mut self, table: u8, out: &mut Table<K, V>, skip: Skip) -> Result<()> {
         const STEPS: usize = 8;
         self.it.seek([table]);
         let mut prefix = Vec::new();
@@ -350,7 +386,15 @@ impl Reader<'_> {
             }
             self.status()?;
             if let Some(seq) = newest_seq {
-                out.restore(parsed, decode_row(CF_VIEW_ROWS, &row_key(table, &prefix[5..], seq), &newest)?);
+                let k = row_key(table, &prefix[5..], seq);
+                let row = if skip.workload_fields.is_empty()
+                    || std::str::from_utf8(&prefix[5..]).is_ok_and(|k| skip.except.contains(k))
+                {
+                    decode_row(CF_VIEW_ROWS, &k, &newest)?
+                } else {
+                    decode_skipping(CF_VIEW_ROWS, &k, &newest, skip.workload_fields)?
+                };
+                out.restore(parsed, row);
             }
         }
     }
@@ -430,7 +474,7 @@ mod tests {
         batch.put_cf(&cf, row_key(WORKLOAD_VERDICTS, b"w-old", 10), serde_json::to_vec(&old_verdicts).expect("json"));
         db.write(batch, false).expect("write json rows");
 
-        let mut view = load(&db, 10, ViewTables::ALL, &RowKeys::default(), true).expect("load json");
+        let mut view = load(&db, 10, ViewTables::ALL, &RowKeys::default(), true, Skip::NONE).expect("load json");
         assert_eq!(view.workloads.get("w-old"), Some(&old));
         let new = workload("w-new", 12);
         view.workloads.insert("w-new".into(), new.clone());
@@ -449,12 +493,12 @@ mod tests {
         let as_json = serde_json::to_vec(&split_verdicts(&new).0).expect("json");
         assert!(stored.len() < as_json.len(), "MessagePack {} bytes, JSON {}", stored.len(), as_json.len());
 
-        let at20 = load(&db, 20, ViewTables::ALL, &RowKeys::default(), true).expect("load mixed");
+        let at20 = load(&db, 20, ViewTables::ALL, &RowKeys::default(), true, Skip::NONE).expect("load mixed");
         assert_eq!(at20.workloads.get("w-old"), Some(&old), "the JSON row, with its verdicts");
         assert_eq!(at20.workloads.get("w-new"), Some(&new), "the MessagePack row, with its verdicts");
         assert_eq!(at20.members, view.members);
         assert_eq!(at20.last_seq, 20);
-        let at10 = load(&db, 10, ViewTables::ALL, &RowKeys::default(), false).expect("load json again");
+        let at10 = load(&db, 10, ViewTables::ALL, &RowKeys::default(), false, Skip::NONE).expect("load json again");
         assert!(!at10.workloads.contains_key("w-new"));
         assert_eq!(at10.workloads.len(), 1);
     }

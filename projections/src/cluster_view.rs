@@ -123,6 +123,9 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadRow {
     pub id: String,
+    /// Defaults when absent only so that a past-state read of a few
+    /// columns can skip decoding it; every stored row has it.
+    #[serde(default)]
     pub spec: WorkloadSpec,
     pub status: WorkloadStatus,
     pub submitted_by: String,

@@ -746,6 +746,26 @@ proptest::proptest! {
                 }
                 let read = store.view_at_summaries(seq as u64, ViewTables { workloads: true, ..none }).expect("summaries");
                 assert_eq!(read.workloads, summaries, "seq {seq}");
+                // Reading some columns: every field not skipped is exact.
+                let skip = ["spec", "placement", "unschedulable", "gpu_uuids", "cancel_reason", "node"];
+                let without = |rows: &claw_projections::Table<String, claw_projections::WorkloadRow>| {
+                    rows.values()
+                        .map(|w| claw_projections::WorkloadRow {
+                            spec: Default::default(),
+                            placement: None,
+                            unschedulable: None,
+                            gpu_uuids: Vec::new(),
+                            cancel_reason: None,
+                            node: None,
+                            ..w.clone()
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let some = store
+                    .view_at_summaries_without(seq as u64, ViewTables { workloads: true, ..none }, &skip)
+                    .expect("some columns");
+                assert_eq!(without(&some.workloads), without(&summaries), "seq {seq}");
+                assert!(some.workloads.keys().eq(summaries.keys()), "seq {seq}");
                 assert_eq!(at(ViewTables { proposals: true, ..none }).proposals, expected.proposals, "seq {seq}");
                 assert_eq!(at(ViewTables { incidents: true, ..none }).incidents, expected.incidents, "seq {seq}");
             }
