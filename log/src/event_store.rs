@@ -307,7 +307,7 @@ impl EventStore {
             }
             // Workload rows the replay changes are read whole.
             let changed = if skip.is_empty() { Default::default() } else { rows.workloads.clone() };
-            let skip = view_rows::Skip { workload_fields: skip, except: &changed };
+            let skip = view_rows::Skip { fields: skip, except: &changed };
             let mut view = view_rows::load(db, at, tables, &outside.keep(rows), verdicts, skip)?;
             for step in &replay {
                 match step {

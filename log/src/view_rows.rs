@@ -259,18 +259,18 @@ pub(crate) fn load(
     Ok(view)
 }
 
-/// Which fields of the rows read whole to leave out, and the rows to read
-/// whole regardless (by key).
+/// Which fields of a table's rows to leave undecoded, and the rows to
+/// decode whole regardless (by key).
 #[derive(Clone, Copy)]
 pub(crate) struct Skip<'a> {
-    pub(crate) workload_fields: &'a [&'a str],
+    pub(crate) fields: &'a [&'a str],
     pub(crate) except: &'a std::collections::BTreeSet<String>,
 }
 
 static NO_KEYS: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
 
 impl Skip<'static> {
-    pub(crate) const NONE: Skip<'static> = Skip { workload_fields: &[], except: &NO_KEYS };
+    pub(crate) const NONE: Skip<'static> = Skip { fields: &[], except: &NO_KEYS };
 }
 
 struct Reader<'a> {
@@ -387,14 +387,9 @@ impl Reader<'_> {
             self.status()?;
             if let Some(seq) = newest_seq {
                 let k = row_key(table, &prefix[5..], seq);
-                let row = if skip.workload_fields.is_empty()
-                    || std::str::from_utf8(&prefix[5..]).is_ok_and(|k| skip.except.contains(k))
-                {
-                    decode_row(CF_VIEW_ROWS, &k, &newest)?
-                } else {
-                    decode_skipping(CF_VIEW_ROWS, &k, &newest, skip.workload_fields)?
-                };
-                out.restore(parsed, row);
+                let whole = std::str::from_utf8(&prefix[5..]).is_ok_and(|k| skip.except.contains(k));
+                let fields = if whole { &[] } else { skip.fields };
+                out.restore(parsed, decode_skipping(CF_VIEW_ROWS, &k, &newest, fields)?);
             }
         }
     }
