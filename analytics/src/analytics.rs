@@ -16,6 +16,7 @@ use crate::log_scan_exec::RowShape;
 use crate::log_table::LogTable;
 use crate::rollup_table::RollupTable;
 use crate::scan_stats::{ScanStats, ScanStatsSink};
+use crate::seance_base::{default_spacing, WorkloadBases};
 use crate::seance_function::SeanceFunction;
 use crate::view_kind::ViewKind;
 use crate::view_table::ViewTable;
@@ -32,6 +33,8 @@ pub struct Analytics {
     store: EventStore,
     runtime: Arc<RuntimeEnv>,
     stats: ScanStatsSink,
+    /// Whether `workloads_at(x)` reads the workload table's bases.
+    bases: bool,
 }
 
 impl Analytics {
@@ -46,7 +49,14 @@ impl Analytics {
             .with_memory_limit(bytes, 1.0)
             .build_arc()
             .unwrap_or_else(|_| Arc::new(RuntimeEnv::default()));
-        Analytics { store, runtime, stats: ScanStatsSink::default() }
+        Analytics { store, runtime, stats: ScanStatsSink::default(), bases: true }
+    }
+
+    /// Whether `workloads_at(x)` reads the workload table's columnar bases
+    /// where stored (the default), or always the row checkpoints.
+    pub fn with_workload_bases(mut self, read: bool) -> Analytics {
+        self.bases = read;
+        self
     }
 
     /// The log this instance reads.
@@ -69,7 +79,8 @@ impl Analytics {
         }
         for kind in ViewKind::ALL {
             let _ = ctx.register_table(kind.table(), Arc::new(ViewTable::live(self.store.clone(), kind)));
-            ctx.register_udtf(&format!("{}_at", kind.table()), Arc::new(SeanceFunction::new(self.store.clone(), kind)));
+            let seance = SeanceFunction::new(self.store.clone(), kind, self.bases);
+            ctx.register_udtf(&format!("{}_at", kind.table()), Arc::new(seance));
         }
         ctx
     }
@@ -115,6 +126,49 @@ impl Analytics {
         tokio::task::spawn_blocking(move || format.export(&store, from_seq, to_seq, &out))
             .await
             .map_err(|e| Error::Encode(format!("export task failed: {e}")))?
+    }
+
+    /// Keeps columnar bases of the workload table as the log grows (see
+    /// [`WorkloadBases`]), checking at most every `every` after new events:
+    /// until `stop` turns true. Failures are logged and retried at the next
+    /// check; reads fall back to the row checkpoints meanwhile.
+    pub fn spawn_base_writer(
+        &self,
+        every: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut grown = store.subscribe();
+            let mut bases = Some(WorkloadBases::default());
+            loop {
+                tokio::select! {
+                    r = grown.changed() => if r.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+                if *stop.borrow() {
+                    return;
+                }
+                let (s, mut b) = (store.clone(), bases.take().unwrap_or_default());
+                let written = tokio::task::spawn_blocking(move || {
+                    let r = b.write_if_due(&s, default_spacing);
+                    (b, r)
+                })
+                .await;
+                match written {
+                    Ok((b, result)) => {
+                        bases = Some(b);
+                        match result {
+                            Ok(Some(seq)) => tracing::debug!(seq, "stored a workload table base"),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(error = %e, "could not store a workload table base"),
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the workload table base task failed"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
     }
 
     /// The Arrow Flight SQL service over this instance, to mount on a tonic server.

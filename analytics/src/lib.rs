@@ -7,8 +7,10 @@
 //!
 //! Everything here only reads: queries are planned read-only, and the log is
 //! reached through `claw_log::EventStore`. This crate does not mount its
-//! services or define the client API's RPCs (`clawd` does), and it keeps no
-//! data of its own: every query reads the log or the projections as they are.
+//! services or define the client API's RPCs (`clawd` does). The only data it
+//! keeps is derived: columnar copies of the workload table as of some row
+//! checkpoints (`seance_base`), stored beside them so `workloads_at(x)` on a
+//! long history need not decode every row; every answer is the log's.
 
 mod analytics;
 mod error;
@@ -21,6 +23,7 @@ mod log_table;
 mod metrics_batch;
 mod rollup_table;
 mod scan_stats;
+mod seance_base;
 mod seance_function;
 mod view_kind;
 mod view_table;
@@ -33,6 +36,7 @@ pub use error::{Error, Result};
 pub use export_format::ExportFormat;
 pub use flight_sql_server::FlightSqlServer;
 pub use scan_stats::ScanStats;
+pub use seance_base::{default_spacing, WorkloadBases};
 
 /// DataFusion and Arrow as this crate uses them, so callers need no
 /// separate dependency on matching versions.

@@ -18,11 +18,12 @@ use crate::view_table::ViewTable;
 pub(crate) struct SeanceFunction {
     store: EventStore,
     kind: ViewKind,
+    bases: bool,
 }
 
 impl SeanceFunction {
-    pub(crate) fn new(store: EventStore, kind: ViewKind) -> Self {
-        SeanceFunction { store, kind }
+    pub(crate) fn new(store: EventStore, kind: ViewKind, bases: bool) -> Self {
+        SeanceFunction { store, kind, bases }
     }
 
     fn name(&self) -> String {
@@ -87,7 +88,7 @@ impl TableFunctionImpl for SeanceFunction {
             ColumnarValue::Array(a) => ScalarValue::try_from_array(&a, 0)?,
         };
         let seq = self.seq_of(&value)?;
-        Ok(Arc::new(ViewTable::at(self.store.clone(), self.kind, seq)))
+        Ok(Arc::new(ViewTable::at(self.store.clone(), self.kind, seq, self.bases)))
     }
 }
 

@@ -380,6 +380,72 @@ async fn seance_tables_are_the_view_at_that_point() -> anyhow::Result<()> {
     f.stop().await
 }
 
+/// With columnar bases of the workload table stored at some checkpoints,
+/// `workloads_at(x)` answers from the newest base at or before x plus the
+/// rows changed since, and holds exactly what the row checkpoints give:
+/// every column, any projection, `count(*)`, rows in key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_bases_answer_what_the_row_checkpoints_answer() -> anyhow::Result<()> {
+    use crate::seance_base::{workloads_at, write_base};
+    let f = Fixture::start().await?;
+    let a = &f.analytics;
+    let store = &f.node.store;
+    let last = store.last_seq();
+    let mut want = Vec::new();
+    for seq in 0..=last {
+        want.push(one_batch(a, &format!("SELECT * FROM workloads_at({seq})")).await?);
+    }
+    assert!(workloads_at(store, last, None)?.is_none(), "no base yet");
+    // w-2 is cancelled at seq 15, between the two bases.
+    for base in [4, 20] {
+        write_base(store, base)?;
+    }
+    let n = ViewKind::Workloads.schema().fields().len();
+    for seq in 0..=last {
+        let whole = &want[seq as usize];
+        let got = one_batch(a, &format!("SELECT * FROM workloads_at({seq})")).await?;
+        assert_eq!(&got, whole, "workloads_at({seq})");
+        let direct = workloads_at(store, seq, None)?;
+        assert_eq!(direct.is_some(), seq >= 4, "seq {seq} reads a base from seq 4 on");
+        if direct.is_none() {
+            continue;
+        }
+        for projection in [vec![n - 1, 0], vec![3], (0..n).rev().collect(), vec![]] {
+            let got = workloads_at(store, seq, Some(&projection))?.expect("a base");
+            assert_eq!(got, whole.project(&projection)?, "seq {seq}, columns {projection:?}");
+            assert_eq!(got.num_rows(), whole.num_rows());
+        }
+        let count = one_batch(a, &format!("SELECT count(*) FROM workloads_at({seq})")).await?;
+        let count = count.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0);
+        assert_eq!(count as usize, whole.num_rows(), "count(*) at seq {seq}");
+    }
+    let b = one_batch(a, "SELECT status FROM workloads_at(14) WHERE id = 'w-2'").await?;
+    assert_eq!(b.column(0).as_string::<i32>().value(0), "Pending");
+    let b = one_batch(a, &format!("SELECT status FROM workloads_at({last}) WHERE id = 'w-2'")).await?;
+    assert_eq!(b.column(0).as_string::<i32>().value(0), "Cancelled");
+
+    // The writer stores a base at the newest checkpoint once enough rows
+    // changed since the last one, and not again until more change.
+    let mut bases = crate::WorkloadBases::default();
+    assert_eq!(bases.write_if_due(store, |_| 1)?, None, "no workload changed since the base at 20");
+    let mut n = 1000;
+    f.propose(&mut n, Command::CancelWorkload { workload: "w-1".into(), reason: "done".into() }).await?;
+    for i in 0..4 {
+        f.propose(&mut n, Command::StateIntent { text: format!("more {i}") }).await?;
+    }
+    let last = store.last_seq();
+    let newest = store.row_checkpoint_at_or_before(last)?.expect("a checkpoint");
+    assert_eq!(bases.write_if_due(store, |_| 2)?, None, "one row changed: not due at two");
+    assert_eq!(bases.write_if_due(store, |_| 1)?, Some(newest));
+    assert_eq!(bases.write_if_due(store, |_| 1)?, None, "nothing new");
+    assert_eq!(store.workloads_base_at_or_before(last)?.map(|(seq, _)| seq), Some(newest));
+    let got = one_batch(a, &format!("SELECT * FROM workloads_at({last})")).await?;
+    assert_eq!(got, ViewKind::Workloads.batch(&store.view_at(last)?)?);
+    let b = one_batch(a, &format!("SELECT status FROM workloads_at({last}) WHERE id = 'w-1'")).await?;
+    assert_eq!(b.column(0).as_string::<i32>().value(0), "Cancelled");
+    f.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_queries_say_what_is_wrong() -> anyhow::Result<()> {
     let f = Fixture::start().await?;

@@ -18,15 +18,17 @@ pub(crate) struct ViewTable {
     kind: ViewKind,
     /// `None`: the live view.
     at_seq: Option<u64>,
+    /// Whether a past workload table may be read from a columnar base.
+    bases: bool,
 }
 
 impl ViewTable {
     pub(crate) fn live(store: EventStore, kind: ViewKind) -> Self {
-        ViewTable { store, kind, at_seq: None }
+        ViewTable { store, kind, at_seq: None, bases: false }
     }
 
-    pub(crate) fn at(store: EventStore, kind: ViewKind, seq: u64) -> Self {
-        ViewTable { store, kind, at_seq: Some(seq) }
+    pub(crate) fn at(store: EventStore, kind: ViewKind, seq: u64, bases: bool) -> Self {
+        ViewTable { store, kind, at_seq: Some(seq), bases }
     }
 }
 
@@ -61,7 +63,13 @@ impl TableProvider for ViewTable {
                 // RocksDB work, so off the async threads.
                 let store = self.store.clone();
                 let unread = kind.unread_row_fields(columns.as_deref());
+                let bases = self.bases;
                 tokio::task::spawn_blocking(move || {
+                    if bases && kind == ViewKind::Workloads {
+                        if let Some(batch) = crate::seance_base::workloads_at(&store, seq, columns.as_deref())? {
+                            return Ok(batch);
+                        }
+                    }
                     let view = store.view_at_summaries_without(seq, kind.tables(), &unread)?;
                     kind.batch_of(&view, columns.as_deref())
                 })

@@ -46,11 +46,17 @@ pub struct HistoryOptions {
     /// A checkpoint of the whole state is stored every this many events: a
     /// restart loads the newest and replays about this many events.
     pub full_checkpoint_every: u64,
+    /// Keep columnar copies of the whole workload table ("bases") beside
+    /// the row checkpoints, a new one each time enough rows changed, so
+    /// `workloads_at(x)` reads a base plus the rows changed since instead
+    /// of every row. Off: no bases are written or read (those on disk stay
+    /// until a snapshot install removes the row checkpoints).
+    pub workload_bases: bool,
 }
 
 impl Default for HistoryOptions {
     fn default() -> Self {
-        HistoryOptions { checkpoint_every: 1_000, full_checkpoint_every: 20_000 }
+        HistoryOptions { checkpoint_every: 1_000, full_checkpoint_every: 20_000, workload_bases: true }
     }
 }
 
@@ -209,6 +215,7 @@ impl Options {
         env_parse(env, "CLAW_SCHEDULER_INTERVAL_MS", &mut o.scheduler.interval_ms)?;
         env_parse(env, "CLAW_HISTORY_CHECKPOINT_EVERY", &mut o.history.checkpoint_every)?;
         env_parse(env, "CLAW_HISTORY_FULL_CHECKPOINT_EVERY", &mut o.history.full_checkpoint_every)?;
+        env_parse(env, "CLAW_HISTORY_WORKLOAD_BASES", &mut o.history.workload_bases)?;
         env_parse(env, "CLAW_METRICS_ROLLUP_INTERVAL_MS", &mut o.metrics.rollup_interval_ms)?;
         env_parse(env, "CLAW_METRICS_RETENTION_1M_HOURS", &mut o.metrics.retention_1m_hours)?;
         env_parse(env, "CLAW_METRICS_RETENTION_1H_DAYS", &mut o.metrics.retention_1h_days)?;

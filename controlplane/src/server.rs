@@ -53,7 +53,7 @@ impl Server {
             verify_checksums_on_open: opts.storage.verify_checksums_on_start,
         };
         let node = LogNode::open(log_opts).await?;
-        let analytics = Analytics::new(node.store.clone());
+        let analytics = Analytics::new(node.store.clone()).with_workload_bases(opts.history.workload_bases);
         let api = Arc::new(ClawApi::new(node.clone(), opts.id, analytics.clone()));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -96,6 +96,10 @@ impl Server {
         let (stop_scheduler, scheduler_stopped) = watch::channel(false);
         tokio::spawn(telemetry.watch_leader(scheduler_stopped.clone()));
         tokio::spawn(roll_up_metrics(node.store.clone(), opts.metrics.clone(), scheduler_stopped.clone()));
+        // Columnar copies of the workload table for `workloads_at(x)`.
+        if opts.history.workload_bases {
+            analytics.spawn_base_writer(Duration::from_secs(1), scheduler_stopped.clone());
+        }
         let scheduler = tokio::spawn(opts.scheduler.clone().build(node.clone(), api.clone()).run(scheduler_stopped));
         if !opts.join {
             node.initialize_single().await?;

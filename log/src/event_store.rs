@@ -1,4 +1,4 @@
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -236,34 +236,26 @@ impl EventStore {
         skip_workload_fields: &[&str],
     ) -> Result<ClusterView> {
         let mut view = self.view_at_retrying(seq, tables, false, skip_workload_fields)?;
-        // Rows the replay changed got their verdicts from the events.
-        let has = |p: &Option<claw_commands::Placement>| p.as_ref().is_some_and(|p| !p.considered.is_empty());
-        let replayed: Vec<String> = view
-            .workloads
-            .iter()
-            .filter(|(_, w)| has(&w.placement) || has(&w.unschedulable))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in replayed {
-            if let Some(w) = view.workloads.get_mut(&id) {
-                for p in [w.placement.as_mut(), w.unschedulable.as_mut()].into_iter().flatten() {
-                    p.considered.clear();
-                }
-            }
-        }
+        clear_verdicts(&mut view);
         Ok(view)
     }
 
     fn view_at_retrying(&self, seq: u64, tables: ViewTables, verdicts: bool, skip: &[&str]) -> Result<ClusterView> {
+        self.consistently(seq, || self.view_at_once(seq, tables, verdicts, skip))
+    }
+
+    /// Runs `read` (a read of the state at `seq` from several records)
+    /// until no snapshot install ran during it.
+    fn consistently<T>(&self, seq: u64, read: impl Fn() -> Result<T>) -> Result<T> {
         // The checkpoint lookup, its rows and the replay are separate reads:
         // a snapshot install between them (it rewrites all three) could mix
         // two histories' checkpoints. Retry until none ran meanwhile.
         for attempt in 0..10_000u32 {
             let before = self.shared.installs.load(Ordering::Acquire);
             if before.is_multiple_of(2) {
-                let view = self.view_at_once(seq, tables, verdicts, skip);
+                let out = read();
                 if self.shared.installs.load(Ordering::Acquire) == before {
-                    return view;
+                    return out;
                 }
             }
             if attempt < 16 {
@@ -275,6 +267,80 @@ impl EventStore {
         Err(Error::Storage(format!(
             "the state at seq {seq} could not be read: a snapshot install kept rewriting the history"
         )))
+    }
+
+    /// The newest row checkpoint at or before `seq`, if any: the seqs a
+    /// table base can be stored at.
+    pub fn row_checkpoint_at_or_before(&self, seq: u64) -> Result<Option<u64>> {
+        view_rows::checkpoint_at_or_before(&self.shared.db, seq)
+    }
+
+    /// Stores `bytes`, a copy of the whole workload table as of the row
+    /// checkpoint at `seq` in a format of the caller's (the analytics
+    /// layer's columnar bases), for [`EventStore::workloads_base_at_or_before`].
+    /// Refused where no row checkpoint is stored at `seq`. Derived data:
+    /// removed with the row checkpoints when a snapshot is installed.
+    pub fn put_workloads_base(&self, seq: u64, bytes: &[u8]) -> Result<()> {
+        let db = &self.shared.db;
+        if view_rows::checkpoint_at_or_before(db, seq)? != Some(seq) {
+            return Err(Error::Storage(format!("no row checkpoint is stored at seq {seq} to keep a table base at")));
+        }
+        view_rows::put_table_base(db, view_rows::WORKLOADS_TABLE, seq, bytes)
+    }
+
+    /// The newest workload table base stored at or before `seq`, with the
+    /// seq it is as of.
+    pub fn workloads_base_at_or_before(&self, seq: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        view_rows::table_base_at_or_before(&self.shared.db, view_rows::WORKLOADS_TABLE, seq)
+    }
+
+    /// The workload rows changed between the row checkpoints at `base` and
+    /// `at`; `None` where the stored checkpoints cannot say (see
+    /// [`WorkloadOverlay`]).
+    pub fn workload_changes(&self, base: u64, at: u64) -> Result<Option<BTreeSet<String>>> {
+        self.consistently(at, || view_rows::workload_changes(&self.shared.db, base, at))
+    }
+
+    /// What turns the workload table as of the row checkpoint at `base`
+    /// into the table right after event `seq`: the keys of every row that
+    /// may differ, and those rows as they are at `seq` (keys of rows that
+    /// did not exist then have none). Reads the changed lists of the row
+    /// checkpoints in between, the changed rows, and replays at most about
+    /// K events, never the whole table. `None` when the stored checkpoints
+    /// cannot say which rows changed (none at or after `base` and at or
+    /// before `seq`, or a link of the chain is missing); the caller then
+    /// reads the whole table. Rows carry summaries, not per-node verdicts.
+    pub fn workloads_changed_since(&self, base: u64, seq: u64) -> Result<Option<WorkloadOverlay>> {
+        self.consistently(seq, || self.workloads_changed_once(base, seq))
+    }
+
+    fn workloads_changed_once(&self, base: u64, seq: u64) -> Result<Option<WorkloadOverlay>> {
+        let last = self.last_seq();
+        if seq > last {
+            return Err(Error::BeyondEnd { requested: seq, last });
+        }
+        let db = &self.shared.db;
+        let Some(at) = view_rows::checkpoint_at_or_before(db, seq)? else { return Ok(None) };
+        let Some(mut changed) = view_rows::workload_changes(db, base, at)? else { return Ok(None) };
+        let tables = ViewTables { workloads: true, ..ViewTables::default() };
+        let replay = self.read_range_for(at + 1, seq, tables.with_dependencies())?;
+        let mut rows = RowKeys::default();
+        for step in &replay {
+            if let Replayed::Event(rec) = step {
+                rows.extend(ClusterView::rows_used_by(&rec.event));
+            }
+        }
+        changed.extend(rows.workloads.iter().cloned());
+        let keys = RowKeys { workloads: changed.clone(), ..RowKeys::default() };
+        let mut view = view_rows::load(db, at, ViewTables::default(), &keys, false, view_rows::Skip::NONE)?;
+        for step in &replay {
+            match step {
+                Replayed::Event(rec) => view.apply(rec),
+                Replayed::Skipped(h) => view.apply_scalars(h.seq, h.time_ms, &h.hash, &h.event.kind),
+            }
+        }
+        clear_verdicts(&mut view);
+        Ok(Some(WorkloadOverlay { view, changed }))
     }
 
     fn view_at_once(&self, seq: u64, tables: ViewTables, verdicts: bool, skip: &[&str]) -> Result<ClusterView> {
@@ -667,4 +733,38 @@ enum WatchPhase {
     Running(Box<Watcher>),
     Failed(Error),
     Done,
+}
+
+/// Empties the per-node verdicts of the workload rows that carry them (the
+/// rows a replay changed got them from the events), so every row holds
+/// summaries only.
+fn clear_verdicts(view: &mut ClusterView) {
+    let has = |p: &Option<claw_commands::Placement>| p.as_ref().is_some_and(|p| !p.considered.is_empty());
+    let replayed: Vec<String> = view
+        .workloads
+        .iter()
+        .filter(|(_, w)| has(&w.placement) || has(&w.unschedulable))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in replayed {
+        if let Some(w) = view.workloads.get_mut(&id) {
+            for p in [w.placement.as_mut(), w.unschedulable.as_mut()].into_iter().flatten() {
+                p.considered.clear();
+            }
+        }
+    }
+}
+
+/// The difference between the workload table as of a row checkpoint (a
+/// table base) and right after a later event: see
+/// [`EventStore::workloads_changed_since`].
+#[derive(Debug)]
+pub struct WorkloadOverlay {
+    /// The view right after the event, holding in its workload table only
+    /// the changed rows (those that existed then).
+    pub view: ClusterView,
+    /// The key of every row that may differ from the base: a base row with
+    /// one of these keys is replaced by `view`'s row, or dropped if `view`
+    /// has none.
+    pub changed: BTreeSet<String>,
 }

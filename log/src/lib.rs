@@ -46,7 +46,7 @@ mod decode_tests;
 pub use claw_projections::ViewTables;
 pub use error::{Error, Result};
 pub use event_filter::EventFilter;
-pub use event_store::{EventHead, EventKind, EventStore, EventsPage};
+pub use event_store::{EventHead, EventKind, EventStore, EventsPage, WorkloadOverlay};
 pub use log_node::LogNode;
 pub use log_options::LogOptions;
 pub use log_stats::LogStats;

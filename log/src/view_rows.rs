@@ -12,6 +12,14 @@
 //!
 //! Rows are never deleted from the view, so there are no tombstones.
 //!
+//! The meta row also names the row checkpoint before it and the workload
+//! rows changed since that one. Together they let a reader holding the
+//! workload table as of an earlier checkpoint B (a *table base*: a columnar
+//! copy the analytics layer stores under table 7) learn which rows differ
+//! at a later checkpoint C without visiting every row's versions: the union
+//! of the changed lists of the checkpoints in (B, C], trusted only when
+//! each names the one before it as its predecessor, so none is missing.
+//!
 //! A workload row is stored in two parts at the same seq: the row with its
 //! placements' summaries (table 3), and the per-node verdicts behind them
 //! (table 6, up to 16 nodes each, most of a row's bytes). A reader that
@@ -39,6 +47,11 @@ const WORKLOADS: u8 = 3;
 const PROPOSALS: u8 = 4;
 const INCIDENTS: u8 = 5;
 const WORKLOAD_VERDICTS: u8 = 6;
+/// Table bases, under row key `[table]`: an opaque copy of a whole table as
+/// of a row checkpoint, written and read by the analytics layer (see
+/// [`put_table_base`]). Keyed like rows, so a reader stepping through the
+/// tables above stops at them.
+const TABLE_BASES: u8 = 7;
 
 /// The view's scalars at a row checkpoint.
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,8 +59,20 @@ struct ViewMeta {
     last_seq: u64,
     last_hash: String,
     last_time_ms: i64,
+    #[serde(default)]
     event_counts: BTreeMap<String, u64>,
+    /// The row checkpoint before this one when it was written (`None`: the
+    /// first, or written before meta rows named it).
+    #[serde(default)]
+    previous: Option<u64>,
+    /// The workload rows changed since `previous` (a superset after a
+    /// restart: every row); `None` in meta rows written before this field.
+    #[serde(default)]
+    changed_workloads: Option<Vec<String>>,
 }
+
+/// The meta row's field [`workload_changes`] need not build.
+const META_COUNTS: &[&str] = &["event_counts"];
 
 /// The per-node verdicts of a workload row's last placement and of its
 /// last unschedulable record, stored beside the row.
@@ -143,11 +168,20 @@ fn put_rows<K: RowKey, V: Serialize>(
 pub(crate) fn put_checkpoint(db: &Db, batch: &mut WriteBatch, view: &ClusterView, changed: RowKeys) -> Result<()> {
     let cf = db.cf(CF_VIEW_ROWS)?;
     let seq = view.last_seq;
+    // `changed` holds the rows touched since the previous call; a call
+    // whose write failed, or a restart, touches every row, so the list is
+    // never short of the changes since the newest *stored* checkpoint.
+    let previous = match seq.checked_sub(1) {
+        Some(before) => checkpoint_at_or_before(db, before)?,
+        None => None,
+    };
     let meta = ViewMeta {
         last_seq: seq,
         last_hash: view.last_hash.clone(),
         last_time_ms: view.last_time_ms,
         event_counts: view.event_counts.clone(),
+        previous,
+        changed_workloads: Some(changed.workloads.iter().cloned().collect()),
     };
     batch.put_cf(&cf, row_key(META, &[], seq), encode_row("view checkpoint", &meta)?);
     put_rows(batch, &cf, MEMBERS, &view.members, changed.members, seq)?;
@@ -181,6 +215,80 @@ pub(crate) fn checkpoint_at_or_before(db: &Db, seq: u64) -> Result<Option<u64>> 
         None => None,
     })
 }
+
+/// The workload rows changed between the row checkpoints at `base` and
+/// `at` (`base <= at`): the union of the changed lists of the checkpoints
+/// in (`base`, `at`]. `None` when that cannot be trusted: either checkpoint
+/// is missing (a snapshot install removed them), or a checkpoint in between
+/// does not name its predecessor or list its changes (written by an older
+/// build, or one is missing).
+pub(crate) fn workload_changes(db: &Db, base: u64, at: u64) -> Result<Option<std::collections::BTreeSet<String>>> {
+    let mut changed = std::collections::BTreeSet::new();
+    if at < base {
+        return Ok(None);
+    }
+    let mut expected = base; // the seq the next meta row must be (first) or name (the rest)
+    let mut first = true;
+    let mut intact = false;
+    let mut failure = None;
+    db.scan(CF_VIEW_ROWS, &row_key(META, &[], base), |k, v| {
+        let Some((META, [], c)) = split(k) else { return Ok(false) };
+        if c > at {
+            return Ok(false);
+        }
+        if first {
+            first = false;
+            if c != base {
+                return Ok(false);
+            }
+            intact = c == at;
+            return Ok(c < at);
+        }
+        let meta: ViewMeta = match decode_skipping(CF_VIEW_ROWS, k, v, META_COUNTS) {
+            Ok(m) => m,
+            Err(e) => {
+                failure = Some(e);
+                return Ok(false);
+            }
+        };
+        match (meta.previous, meta.changed_workloads) {
+            (Some(p), Some(list)) if p == expected => {
+                changed.extend(list);
+                expected = c;
+                intact = c == at;
+                Ok(c < at)
+            }
+            _ => Ok(false),
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(intact.then_some(changed))
+}
+
+/// Stores `bytes`, a copy of table `table` (the analytics layer's format)
+/// as of the row checkpoint at `seq`. Removed with the row checkpoints.
+pub(crate) fn put_table_base(db: &Db, table: u8, seq: u64, bytes: &[u8]) -> Result<()> {
+    let cf = db.cf(CF_VIEW_ROWS)?;
+    let mut batch = WriteBatch::default();
+    batch.put_cf(&cf, row_key(TABLE_BASES, &[table], seq), bytes);
+    db.write(batch, false)
+}
+
+/// The newest stored base of table `table` at or before `seq`, with its seq.
+pub(crate) fn table_base_at_or_before(db: &Db, table: u8, seq: u64) -> Result<Option<(u64, Vec<u8>)>> {
+    Ok(match db.last_at_or_before(CF_VIEW_ROWS, &row_key(TABLE_BASES, &[table], seq))? {
+        Some((k, v)) => match split(&k) {
+            Some((TABLE_BASES, t, c)) if t == [table] => Some((c, v.into_vec())),
+            _ => None,
+        },
+        None => None,
+    })
+}
+
+/// The table id table bases of the workload table are stored under.
+pub(crate) const WORKLOADS_TABLE: u8 = WORKLOADS;
 
 /// The seq of the oldest row checkpoint, if any: past states at or after it
 /// never read a whole-state checkpoint.
@@ -393,6 +501,15 @@ impl Reader<'_> {
             }
         }
     }
+}
+
+/// Removes the meta row of the checkpoint at `seq`, as if it were lost.
+#[cfg(test)]
+pub(crate) fn delete_meta_for_test(db: &Db, seq: u64) {
+    let cf = db.cf(CF_VIEW_ROWS).expect("cf");
+    let mut batch = WriteBatch::default();
+    batch.delete_cf(&cf, row_key(META, &[], seq));
+    db.write(batch, false).expect("delete");
 }
 
 #[cfg(test)]

@@ -766,6 +766,30 @@ proptest::proptest! {
                     .expect("some columns");
                 assert_eq!(without(&some.workloads), without(&summaries), "seq {seq}");
                 assert!(some.workloads.keys().eq(summaries.keys()), "seq {seq}");
+                // The table as of an earlier row checkpoint (a base), its
+                // changed rows replaced by the overlay's, is the table at seq.
+                let newest = store.row_checkpoint_at_or_before(seq as u64).expect("checkpoint");
+                let first = store.row_checkpoint_at_or_before(rows_every).expect("checkpoint");
+                let middle = store.row_checkpoint_at_or_before(seq as u64 / 2).expect("checkpoint");
+                for base in [first, middle, newest].into_iter().flatten() {
+                    let overlay = store
+                        .workloads_changed_since(base, seq as u64)
+                        .expect("overlay")
+                        .unwrap_or_else(|| panic!("a chain of checkpoints from {base} to seq {seq}"));
+                    let mut table: BTreeMap<String, claw_projections::WorkloadRow> = store
+                        .view_at_summaries(base, ViewTables { workloads: true, ..none })
+                        .expect("base")
+                        .workloads
+                        .iter()
+                        .filter(|(id, _)| !overlay.changed.contains(*id))
+                        .map(|(id, w)| (id.clone(), w.clone()))
+                        .collect();
+                    assert!(overlay.view.workloads.keys().all(|id| overlay.changed.contains(id)), "seq {seq}");
+                    table.extend(overlay.view.workloads.iter().map(|(id, w)| (id.clone(), w.clone())));
+                    let want: BTreeMap<String, claw_projections::WorkloadRow> =
+                        summaries.iter().map(|(id, w)| (id.clone(), w.clone())).collect();
+                    assert_eq!(table, want, "base {base}, seq {seq}, {every:?}");
+                }
                 assert_eq!(at(ViewTables { proposals: true, ..none }).proposals, expected.proposals, "seq {seq}");
                 assert_eq!(at(ViewTables { incidents: true, ..none }).incidents, expected.incidents, "seq {seq}");
             }
@@ -913,6 +937,28 @@ async fn row_checkpoints_store_changed_rows_and_stay_exact_across_restarts() {
     apply_all(&mut sm, (0..10).map(|_| Command::Heartbeat { node: "gpu-1".into() }).collect()).await;
     assert_eq!(store.last_seq(), 43);
     assert_eq!(view_rows::rows_stored_at(store.db(), 40).expect("count"), 20, "after a restart: every row");
+    // Each meta row names the checkpoint before it, across the restart too,
+    // so the changes between two checkpoints can be trusted; a chain with a
+    // link missing, or ends that are not checkpoints, cannot.
+    assert_eq!(store.workload_changes(10, 40).expect("changes"), Some(Default::default()));
+    assert_eq!(store.workload_changes(30, 30).expect("changes"), Some(Default::default()));
+    assert_eq!(store.workload_changes(10, 33).expect("changes"), None, "33 is not a checkpoint");
+    assert_eq!(store.workload_changes(5, 40).expect("changes"), None, "5 is not a checkpoint");
+    assert_eq!(store.workload_changes(40, 10).expect("changes"), None, "backwards");
+    store.put_workloads_base(30, b"base").expect("a base at a checkpoint");
+    assert!(store.put_workloads_base(31, b"base").is_err(), "no checkpoint at 31");
+    assert_eq!(store.workloads_base_at_or_before(43).expect("base"), Some((30, b"base".to_vec())));
+    assert_eq!(store.workloads_base_at_or_before(29).expect("base"), None);
+    // Bases sit beside the rows: past views still read exactly.
+    let events = all_events(&store);
+    for seq in 0..=events.len() {
+        let (_, expected) = fold(&events[..seq]);
+        assert_eq!(store.view_at(seq as u64).expect("view_at"), expected, "seq {seq}");
+    }
+    view_rows::delete_meta_for_test(store.db(), 20);
+    assert_eq!(store.workload_changes(10, 40).expect("changes"), None, "the checkpoint at 20 is gone");
+    assert_eq!(store.workload_changes(20, 40).expect("changes"), None, "no checkpoint at 20");
+    assert_eq!(store.workload_changes(30, 40).expect("changes"), Some(Default::default()));
     let events = all_events(&store);
     for seq in 0..=events.len() {
         let (_, expected) = fold(&events[..seq]);
