@@ -579,7 +579,14 @@ mod tests {
         let cf = db.cf(CF_VIEW_ROWS).expect("cf");
         let old = workload("w-old", 3);
         let (old_row, old_verdicts) = split_verdicts(&old);
-        let meta = ViewMeta { last_seq: 10, last_hash: "h10".into(), last_time_ms: 5, event_counts: BTreeMap::new() };
+        let meta = ViewMeta {
+            last_seq: 10,
+            last_hash: "h10".into(),
+            last_time_ms: 5,
+            event_counts: BTreeMap::new(),
+            previous: None,
+            changed_workloads: None,
+        };
         let mut batch = WriteBatch::default();
         batch.put_cf(&cf, row_key(META, &[], 10), serde_json::to_vec(&meta).expect("json"));
         batch.put_cf(&cf, row_key(WORKLOADS, b"w-old", 10), serde_json::to_vec(&old_row).expect("json"));
