@@ -324,21 +324,11 @@ impl EventStore {
         let Some(mut changed) = view_rows::workload_changes(db, base, at)? else { return Ok(None) };
         let tables = ViewTables { workloads: true, ..ViewTables::default() };
         let replay = self.read_range_for(at + 1, seq, tables.with_dependencies())?;
-        let mut rows = RowKeys::default();
-        for step in &replay {
-            if let Replayed::Event(rec) = step {
-                rows.extend(ClusterView::rows_used_by(&rec.event));
-            }
-        }
+        let rows = rows_used_by(&replay);
         changed.extend(rows.workloads.iter().cloned());
         let keys = RowKeys { workloads: changed.clone(), ..RowKeys::default() };
         let mut view = view_rows::load(db, at, ViewTables::default(), &keys, false, view_rows::Skip::NONE)?;
-        for step in &replay {
-            match step {
-                Replayed::Event(rec) => view.apply(rec),
-                Replayed::Skipped(h) => view.apply_scalars(h.seq, h.time_ms, &h.hash, &h.event.kind),
-            }
-        }
+        replay_onto(&mut view, &replay);
         clear_verdicts(&mut view);
         Ok(Some(WorkloadOverlay { view, changed }))
     }
@@ -363,24 +353,16 @@ impl EventStore {
                 self.read_range_for(at + 1, seq, needed)?
             };
             let outside = needed.without(tables);
-            let mut rows = RowKeys::default();
-            if outside != ViewTables::default() || !skip.is_empty() {
-                for step in &replay {
-                    if let Replayed::Event(rec) = step {
-                        rows.extend(ClusterView::rows_used_by(&rec.event));
-                    }
-                }
-            }
+            let rows = if outside != ViewTables::default() || !skip.is_empty() {
+                rows_used_by(&replay)
+            } else {
+                RowKeys::default()
+            };
             // Workload rows the replay changes are read whole.
             let changed = if skip.is_empty() { Default::default() } else { rows.workloads.clone() };
             let skip = view_rows::Skip { fields: skip, except: &changed };
             let mut view = view_rows::load(db, at, tables, &outside.keep(rows), verdicts, skip)?;
-            for step in &replay {
-                match step {
-                    Replayed::Event(rec) => view.apply(rec),
-                    Replayed::Skipped(h) => view.apply_scalars(h.seq, h.time_ms, &h.hash, &h.event.kind),
-                }
-            }
+            replay_onto(&mut view, &replay);
             return Ok(view);
         }
         // No row checkpoint this early (a history written before they
@@ -733,6 +715,28 @@ enum WatchPhase {
     Running(Box<Watcher>),
     Failed(Error),
     Done,
+}
+
+/// Applies replayed events to `view`: whole ones in full, skipped ones to
+/// the view's scalars.
+fn replay_onto(view: &mut ClusterView, replay: &[Replayed]) {
+    for step in replay {
+        match step {
+            Replayed::Event(rec) => view.apply(rec),
+            Replayed::Skipped(h) => view.apply_scalars(h.seq, h.time_ms, &h.hash, &h.event.kind),
+        }
+    }
+}
+
+/// The rows applying the whole events of `replay` reads or writes.
+fn rows_used_by(replay: &[Replayed]) -> RowKeys {
+    let mut rows = RowKeys::default();
+    for step in replay {
+        if let Replayed::Event(rec) = step {
+            rows.extend(ClusterView::rows_used_by(&rec.event));
+        }
+    }
+    rows
 }
 
 /// Empties the per-node verdicts of the workload rows that carry them (the

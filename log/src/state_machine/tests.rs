@@ -769,7 +769,7 @@ proptest::proptest! {
                 // The table as of an earlier row checkpoint (a base), its
                 // changed rows replaced by the overlay's, is the table at seq.
                 let newest = store.row_checkpoint_at_or_before(seq as u64).expect("checkpoint");
-                let first = store.row_checkpoint_at_or_before(rows_every).expect("checkpoint");
+                let first = store.row_checkpoint_at_or_before(rows_every.min(seq as u64)).expect("checkpoint");
                 let middle = store.row_checkpoint_at_or_before(seq as u64 / 2).expect("checkpoint");
                 for base in [first, middle, newest].into_iter().flatten() {
                     let overlay = store
