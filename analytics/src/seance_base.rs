@@ -4,8 +4,9 @@
 //! (50,000 workloads at 10 M events) reading the table as of a past seq
 //! from the row checkpoints visits every row's versions and decodes every
 //! row it keeps, whatever the query reads. A *base* is the whole table as
-//! of a row checkpoint, stored as one Arrow IPC file beside the row
-//! checkpoints (`EventStore::put_workloads_base`). A past read then takes
+//! of a row checkpoint, stored column by column as Arrow IPC files beside
+//! the row checkpoints (`EventStore::put_workloads_base`), so a query
+//! fetches only the columns it reads (`count(*)`: the keys alone). A past read then takes
 //! the newest base at or before the seq (decoding Arrow IPC copies buffers,
 //! it builds no row), drops the rows that changed since (the checkpoints'
 //! changed lists plus the replay's rows, `EventStore::workloads_changed_since`),
@@ -20,17 +21,23 @@ use std::collections::HashSet;
 use std::io::Cursor;
 
 use claw_log::EventStore;
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::compute::{filter_record_batch, interleave_record_batch};
+use datafusion::arrow::array::{
+    new_empty_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions,
+};
+use datafusion::arrow::compute::{concat, filter_record_batch, interleave_record_batch};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 
 use crate::view_kind::ViewKind;
 use crate::{Error, Result};
 
-/// The first byte of a stored base: an Arrow IPC file of the workload
-/// table's columns as [`ViewKind::schema`] lists them.
-const FORMAT: u8 = 1;
+/// The first byte of a stored base's head. Format 2: the head is this
+/// byte, the row count (u64, little-endian) and an Arrow IPC file holding
+/// only the schema (the workload table's columns as [`ViewKind::schema`]
+/// lists them); part `i` is an Arrow IPC file of column `i` alone, so a
+/// read fetches only the columns it needs. (Format 1, one IPC file of the
+/// whole table, is not read: such bases are passed over.)
+const FORMAT: u8 = 2;
 
 /// The column holding each row's key.
 const ID: usize = 0;
@@ -42,32 +49,81 @@ pub fn default_spacing(rows: usize) -> usize {
     (rows / 32).clamp(256, 2048)
 }
 
-/// The whole workload table, encoded as a base.
-fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
+/// One Arrow IPC file of `batch`.
+fn ipc_file(batch: &RecordBatch) -> Result<Vec<u8>> {
     let mut w = FileWriter::try_new(Vec::new(), &batch.schema())?;
     w.write(batch)?;
     w.finish()?;
-    let ipc = w.into_inner()?;
-    let mut out = Vec::with_capacity(1 + ipc.len());
-    out.push(FORMAT);
-    out.extend_from_slice(&ipc);
-    Ok(out)
+    Ok(w.into_inner()?)
+}
+
+/// The whole workload table, encoded as a base: its head and one part per column.
+fn encode(batch: &RecordBatch) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
+    let mut schema = FileWriter::try_new(Vec::new(), &batch.schema())?;
+    schema.finish()?;
+    let schema = schema.into_inner()?;
+    let mut head = Vec::with_capacity(9 + schema.len());
+    head.push(FORMAT);
+    head.extend_from_slice(&(batch.num_rows() as u64).to_le_bytes());
+    head.extend_from_slice(&schema);
+    let parts = (0..batch.num_columns()).map(|i| ipc_file(&batch.project(&[i])?)).collect::<Result<_>>()?;
+    Ok((head, parts))
+}
+
+/// The row count of the base whose head is `head`, with `Ok(None)` when
+/// the base was written in another format or with other columns than this
+/// build's.
+fn rows_of(head: &[u8]) -> Result<Option<usize>> {
+    let Some((&FORMAT, rest)) = head.split_first() else { return Ok(None) };
+    let Some((rows, ipc)) = rest.split_first_chunk::<8>() else { return Ok(None) };
+    let reader = FileReader::try_new(Cursor::new(ipc), None)?;
+    if reader.schema().fields() != ViewKind::Workloads.schema().fields() {
+        return Ok(None);
+    }
+    Ok(usize::try_from(u64::from_le_bytes(*rows)).ok())
+}
+
+/// Column `column` of a base of `rows` rows, from its part `bytes`.
+fn column_of(bytes: &[u8], column: usize, rows: usize) -> Result<ArrayRef> {
+    let schema = ViewKind::Workloads.schema();
+    let reader = FileReader::try_new(Cursor::new(bytes), None)?;
+    let field = &schema.fields()[column];
+    if reader.schema().fields().len() != 1 || reader.schema().field(0) != field.as_ref() {
+        return Err(Error::Encode(format!(
+            "a workload table base's part {column} does not hold column {}",
+            field.name()
+        )));
+    }
+    let mut arrays = reader.map(|b| Ok(b?.column(0).clone())).collect::<Result<Vec<_>>>()?;
+    let array = match arrays.len() {
+        0 => new_empty_array(field.data_type()),
+        1 => arrays.remove(0),
+        _ => concat(&arrays.iter().map(|a| a.as_ref()).collect::<Vec<_>>())?,
+    };
+    if array.len() != rows {
+        return Err(Error::Encode(format!(
+            "a workload table base's column {} has {} rows, its head says {rows}",
+            field.name(),
+            array.len()
+        )));
+    }
+    Ok(array)
 }
 
 /// The columns `read` (indices into the workload schema, sorted) of the
-/// base in `bytes`, with `Ok(None)` when the base was written in another
-/// format or with other columns than this build's.
-fn decode(bytes: &[u8], read: &[usize]) -> Result<Option<RecordBatch>> {
-    let Some((&FORMAT, ipc)) = bytes.split_first() else { return Ok(None) };
-    let schema = ViewKind::Workloads.schema();
-    let reader = FileReader::try_new(Cursor::new(ipc), None)?;
-    if reader.schema().fields() != schema.fields() {
-        return Ok(None);
+/// base at `base` whose head is `head`, with `Ok(None)` when the base was
+/// written in another format or with other columns than this build's, or a
+/// part is gone (a snapshot install removed the base since).
+fn decode(store: &EventStore, base: u64, head: &[u8], read: &[usize]) -> Result<Option<RecordBatch>> {
+    let Some(rows) = rows_of(head)? else { return Ok(None) };
+    let mut columns = Vec::with_capacity(read.len());
+    for &i in read {
+        let Some(bytes) = store.workloads_base_part(base, i)? else { return Ok(None) };
+        columns.push(column_of(&bytes, i, rows)?);
     }
-    let reader = FileReader::try_new(Cursor::new(ipc), Some(read.to_vec()))?;
-    let projected = std::sync::Arc::new(schema.project(read)?);
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(Some(datafusion::arrow::compute::concat_batches(&projected, &batches)?))
+    let projected = std::sync::Arc::new(ViewKind::Workloads.schema().project(read)?);
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(Some(RecordBatch::try_new_with_options(projected, columns, &options)?))
 }
 
 /// The workload table right after event `seq`, only the columns
@@ -77,7 +133,7 @@ fn decode(bytes: &[u8], read: &[usize]) -> Result<Option<RecordBatch>> {
 /// checkpoints. Rows come in key order, as [`ViewKind::batch_of`] builds them.
 pub(crate) fn workloads_at(store: &EventStore, seq: u64, projection: Option<&[usize]>) -> Result<Option<RecordBatch>> {
     let kind = ViewKind::Workloads;
-    let Some((base, bytes)) = store.workloads_base_at_or_before(seq)? else { return Ok(None) };
+    let Some((base, head)) = store.workloads_base_at_or_before(seq)? else { return Ok(None) };
     let Some(overlay) = store.workloads_changed_since(base, seq)? else { return Ok(None) };
     let all: Vec<usize> = (0..kind.schema().fields().len()).collect();
     let wanted = projection.unwrap_or(&all);
@@ -88,7 +144,7 @@ pub(crate) fn workloads_at(store: &EventStore, seq: u64, projection: Option<&[us
     if let Some(&bad) = read.iter().find(|&&i| i >= all.len()) {
         return Err(Error::Encode(format!("{}: no column {bad} (the table has {})", kind.table(), all.len())));
     }
-    let Some(stored) = decode(&bytes, &read)? else { return Ok(None) };
+    let Some(stored) = decode(store, base, &head, &read)? else { return Ok(None) };
     let ids = stored
         .column(0)
         .as_string_opt::<i32>()
@@ -141,7 +197,12 @@ impl WorkloadBases {
     pub fn write_if_due(&mut self, store: &EventStore, spacing: impl Fn(usize) -> usize) -> Result<Option<u64>> {
         let Some(at) = store.row_checkpoint_at_or_before(store.last_seq())? else { return Ok(None) };
         if self.last.is_none() {
-            self.last = store.workloads_base_at_or_before(at)?.map(|(seq, _)| seq);
+            // A base of another format or schema is passed over by
+            // readers: one of this build's is due.
+            self.last = match store.workloads_base_at_or_before(at)? {
+                Some((seq, head)) if rows_of(&head)?.is_some() => Some(seq),
+                _ => None,
+            };
         }
         if self.last == Some(at) {
             return Ok(None);
@@ -166,7 +227,8 @@ impl WorkloadBases {
 pub(crate) fn write_base(store: &EventStore, at: u64) -> Result<()> {
     let kind = ViewKind::Workloads;
     let table = kind.batch_of(&store.view_at_summaries(at, kind.tables())?, None)?;
-    Ok(store.put_workloads_base(at, &encode(&table)?)?)
+    let (head, parts) = encode(&table)?;
+    Ok(store.put_workloads_base(at, &head, &parts)?)
 }
 
 #[cfg(test)]
@@ -177,14 +239,20 @@ mod tests {
     fn bases_of_another_format_or_schema_are_not_used() {
         let kind = ViewKind::Workloads;
         let table = kind.batch(&claw_projections::ClusterView::default()).expect("empty table");
-        let bytes = encode(&table).expect("encode");
-        let all: Vec<usize> = (0..table.num_columns()).collect();
-        assert_eq!(decode(&bytes, &all).expect("decode").expect("this build's base"), table);
-        let mut other = bytes.clone();
-        other[0] = FORMAT + 1;
-        assert!(decode(&other, &all).expect("decode").is_none(), "another format");
-        let fewer = encode(&table.project(&[0, 1]).expect("project")).expect("encode");
-        assert!(decode(&fewer, &all).expect("decode").is_none(), "other columns");
-        assert!(decode(&bytes[..bytes.len() / 2], &all).is_err(), "a truncated base is an error");
+        let (head, parts) = encode(&table).expect("encode");
+        assert_eq!(parts.len(), table.num_columns(), "one part per column");
+        assert_eq!(rows_of(&head).expect("head"), Some(0));
+        for (i, part) in parts.iter().enumerate() {
+            assert_eq!(&column_of(part, i, 0).expect("column"), table.column(i));
+        }
+        let mut other = head.clone();
+        other[0] = FORMAT - 1;
+        assert_eq!(rows_of(&other).expect("head"), None, "another format");
+        let (fewer, _) = encode(&table.project(&[0, 1]).expect("project")).expect("encode");
+        assert_eq!(rows_of(&fewer).expect("head"), None, "other columns");
+        assert!(rows_of(&head[..head.len() / 2]).is_err(), "a truncated head is an error");
+        assert!(column_of(&parts[1], 0, 0).is_err(), "a part holding another column");
+        assert!(column_of(&parts[0], 0, 1).is_err(), "a part shorter than the head says");
+        assert!(column_of(&parts[0][..parts[0].len() / 2], 0, 0).is_err(), "a truncated part");
     }
 }

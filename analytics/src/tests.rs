@@ -443,6 +443,15 @@ async fn workload_bases_answer_what_the_row_checkpoints_answer() -> anyhow::Resu
     assert_eq!(got, ViewKind::Workloads.batch(&store.view_at(last)?)?);
     let b = one_batch(a, &format!("SELECT status FROM workloads_at({last}) WHERE id = 'w-1'")).await?;
     assert_eq!(b.column(0).as_string::<i32>().value(0), "Cancelled");
+
+    // A base an older build wrote (format 1: one IPC file) is passed over:
+    // reads go through the row checkpoints, and a writer starting on such
+    // a data directory writes one of its own however few rows changed.
+    store.put_workloads_base(newest, &[1, 0, 0, 0], &[])?;
+    assert!(workloads_at(store, last, None)?.is_none(), "an older format is not read");
+    assert_eq!(one_batch(a, &format!("SELECT * FROM workloads_at({last})")).await?, got);
+    assert_eq!(crate::WorkloadBases::default().write_if_due(store, |_| usize::MAX)?, Some(newest));
+    assert_eq!(workloads_at(store, last, None)?, Some(got));
     f.stop().await
 }
 

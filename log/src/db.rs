@@ -8,7 +8,7 @@ use rocksdb::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::keys::{show_key, ALL_CFS, CF_DEDUP};
+use crate::keys::{show_key, ALL_CFS, CF_DEDUP, CF_VIEW_ROWS};
 use crate::{Error, Result};
 
 /// The options of one column family. Every command's id is looked up in
@@ -22,9 +22,21 @@ use crate::{Error, Result};
 /// default is Snappy, which this build does not include, so without this
 /// the files were stored uncompressed.) Files written before keep their
 /// format and are rewritten compressed as compaction reaches them.
+///
+/// In the view rows, values of [`MIN_BLOB_BYTES`] or more (the analytics
+/// layer's table bases, a few MB each) are kept in blob files beside the
+/// table files, uncompressed: a seek that passes one reads only its small
+/// reference, a read of one is a plain file read rather than a multi-MB
+/// block decompressed and cached whole, and compaction does not rewrite them.
 fn cf_options(name: &str) -> Options {
     let mut opts = Options::default();
     opts.set_compression_type(DBCompressionType::Lz4);
+    if name == CF_VIEW_ROWS {
+        opts.set_enable_blob_files(true);
+        opts.set_min_blob_size(MIN_BLOB_BYTES);
+        opts.set_blob_compression_type(DBCompressionType::None);
+        opts.set_enable_blob_gc(true);
+    }
     if name == CF_DEDUP {
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
@@ -32,6 +44,9 @@ fn cf_options(name: &str) -> Options {
     }
     opts
 }
+
+/// The smallest view-rows value kept in a blob file (rows are far smaller).
+const MIN_BLOB_BYTES: u64 = 64 << 10;
 
 /// A WAL file can be deleted only once every column family's data in it is
 /// flushed; a family written rarely (the raft vote) would otherwise keep

@@ -275,23 +275,32 @@ impl EventStore {
         view_rows::checkpoint_at_or_before(&self.shared.db, seq)
     }
 
-    /// Stores `bytes`, a copy of the whole workload table as of the row
-    /// checkpoint at `seq` in a format of the caller's (the analytics
-    /// layer's columnar bases), for [`EventStore::workloads_base_at_or_before`].
-    /// Refused where no row checkpoint is stored at `seq`. Derived data:
-    /// removed with the row checkpoints when a snapshot is installed.
-    pub fn put_workloads_base(&self, seq: u64, bytes: &[u8]) -> Result<()> {
+    /// Stores a copy of the whole workload table as of the row checkpoint
+    /// at `seq` in a format of the caller's (the analytics layer's columnar
+    /// bases): `head`, for [`EventStore::workloads_base_at_or_before`], and
+    /// `parts` (at most 255), each read alone by
+    /// [`EventStore::workloads_base_part`]. Refused where no row checkpoint
+    /// is stored at `seq`. Derived data: removed with the row checkpoints
+    /// when a snapshot is installed.
+    pub fn put_workloads_base(&self, seq: u64, head: &[u8], parts: &[Vec<u8>]) -> Result<()> {
         let db = &self.shared.db;
         if view_rows::checkpoint_at_or_before(db, seq)? != Some(seq) {
             return Err(Error::Storage(format!("no row checkpoint is stored at seq {seq} to keep a table base at")));
         }
-        view_rows::put_table_base(db, view_rows::WORKLOADS_TABLE, seq, bytes)
+        view_rows::put_table_base(db, view_rows::WORKLOADS_TABLE, seq, head, parts)
     }
 
-    /// The newest workload table base stored at or before `seq`, with the
-    /// seq it is as of.
+    /// The head of the newest workload table base stored at or before
+    /// `seq`, with the seq it is as of.
     pub fn workloads_base_at_or_before(&self, seq: u64) -> Result<Option<(u64, Vec<u8>)>> {
         view_rows::table_base_at_or_before(&self.shared.db, view_rows::WORKLOADS_TABLE, seq)
+    }
+
+    /// Part `part` (counted from 0) of the workload table base at `seq`;
+    /// `None` when it is not stored (a snapshot install removed it since
+    /// its head was read, or it was never written).
+    pub fn workloads_base_part(&self, seq: u64, part: usize) -> Result<Option<Vec<u8>>> {
+        view_rows::table_base_part(&self.shared.db, view_rows::WORKLOADS_TABLE, seq, part)
     }
 
     /// The workload rows changed between the row checkpoints at `base` and

@@ -267,16 +267,27 @@ pub(crate) fn workload_changes(db: &Db, base: u64, at: u64) -> Result<Option<std
     Ok(intact.then_some(changed))
 }
 
-/// Stores `bytes`, a copy of table `table` (the analytics layer's format)
-/// as of the row checkpoint at `seq`. Removed with the row checkpoints.
-pub(crate) fn put_table_base(db: &Db, table: u8, seq: u64, bytes: &[u8]) -> Result<()> {
+/// Stores a copy of table `table` as of the row checkpoint at `seq` (the
+/// analytics layer's format) in parts, in one write: `head`, found by
+/// [`table_base_at_or_before`], and `parts`, read one by one with
+/// [`table_base_part`] so a reader fetches only the parts it needs.
+/// Removed with the row checkpoints.
+pub(crate) fn put_table_base(db: &Db, table: u8, seq: u64, head: &[u8], parts: &[Vec<u8>]) -> Result<()> {
+    if parts.len() > usize::from(u8::MAX) {
+        return Err(Error::Storage(format!("a table base has at most 255 parts, not {}", parts.len())));
+    }
     let cf = db.cf(CF_VIEW_ROWS)?;
     let mut batch = WriteBatch::default();
-    batch.put_cf(&cf, row_key(TABLE_BASES, &[table], seq), bytes);
+    batch.put_cf(&cf, row_key(TABLE_BASES, &[table], seq), head);
+    for (i, part) in (1..=u8::MAX).zip(parts) {
+        batch.put_cf(&cf, row_key(TABLE_BASES, &[table, i], seq), part);
+    }
     db.write(batch, false)
 }
 
-/// The newest stored base of table `table` at or before `seq`, with its seq.
+/// The head of the newest stored base of table `table` at or before `seq`,
+/// with its seq. (Heads are keyed apart from the parts, and sort before
+/// them, so finding one reads no part.)
 pub(crate) fn table_base_at_or_before(db: &Db, table: u8, seq: u64) -> Result<Option<(u64, Vec<u8>)>> {
     Ok(match db.last_at_or_before(CF_VIEW_ROWS, &row_key(TABLE_BASES, &[table], seq))? {
         Some((k, v)) => match split(&k) {
@@ -285,6 +296,13 @@ pub(crate) fn table_base_at_or_before(db: &Db, table: u8, seq: u64) -> Result<Op
         },
         None => None,
     })
+}
+
+/// Part `part` (counted from 0) of the base of table `table` at `seq`;
+/// `None` when it is not stored.
+pub(crate) fn table_base_part(db: &Db, table: u8, seq: u64, part: usize) -> Result<Option<Vec<u8>>> {
+    let Some(i) = part.checked_add(1).and_then(|i| u8::try_from(i).ok()) else { return Ok(None) };
+    db.get_raw(CF_VIEW_ROWS, &row_key(TABLE_BASES, &[table, i], seq))
 }
 
 /// The table id table bases of the workload table are stored under.

@@ -945,10 +945,22 @@ async fn row_checkpoints_store_changed_rows_and_stay_exact_across_restarts() {
     assert_eq!(store.workload_changes(10, 33).expect("changes"), None, "33 is not a checkpoint");
     assert_eq!(store.workload_changes(5, 40).expect("changes"), None, "5 is not a checkpoint");
     assert_eq!(store.workload_changes(40, 10).expect("changes"), None, "backwards");
-    store.put_workloads_base(30, b"base").expect("a base at a checkpoint");
-    assert!(store.put_workloads_base(31, b"base").is_err(), "no checkpoint at 31");
-    assert_eq!(store.workloads_base_at_or_before(43).expect("base"), Some((30, b"base".to_vec())));
+    // A base is a head and parts read one by one; a part large enough to
+    // go to a blob file reads back the same.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    store.put_workloads_base(30, b"head 30", &[b"part 0".to_vec(), big.clone()]).expect("a base at a checkpoint");
+    assert!(store.put_workloads_base(31, b"head", &[]).is_err(), "no checkpoint at 31");
+    assert!(store.put_workloads_base(20, b"head", &vec![Vec::new(); 256]).is_err(), "at most 255 parts");
     assert_eq!(store.workloads_base_at_or_before(29).expect("base"), None);
+    store.put_workloads_base(10, b"head 10", &[b"old part".to_vec()]).expect("a base at a checkpoint");
+    store.db().flush().expect("flush: read back from table and blob files");
+    assert_eq!(store.workloads_base_at_or_before(43).expect("base"), Some((30, b"head 30".to_vec())));
+    assert_eq!(store.workloads_base_at_or_before(29).expect("base"), Some((10, b"head 10".to_vec())));
+    assert_eq!(store.workloads_base_part(30, 0).expect("part"), Some(b"part 0".to_vec()));
+    assert_eq!(store.workloads_base_part(30, 1).expect("part"), Some(big));
+    assert_eq!(store.workloads_base_part(30, 2).expect("part"), None);
+    assert_eq!(store.workloads_base_part(10, 0).expect("part"), Some(b"old part".to_vec()));
+    assert_eq!(store.workloads_base_part(10, 1).expect("part"), None);
     // Bases sit beside the rows: past views still read exactly.
     let events = all_events(&store);
     for seq in 0..=events.len() {
