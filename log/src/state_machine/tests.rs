@@ -950,7 +950,8 @@ async fn row_checkpoints_store_changed_rows_and_stay_exact_across_restarts() {
     let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     store.put_workloads_base(30, b"head 30", &[b"part 0".to_vec(), big.clone()]).expect("a base at a checkpoint");
     assert!(store.put_workloads_base(31, b"head", &[]).is_err(), "no checkpoint at 31");
-    assert!(store.put_workloads_base(20, b"head", &vec![Vec::new(); 256]).is_err(), "at most 255 parts");
+    let too_many: Vec<Vec<u8>> = (0..256).map(|_| Vec::new()).collect();
+    assert!(store.put_workloads_base(20, b"head", &too_many).is_err(), "at most 255 parts");
     assert_eq!(store.workloads_base_at_or_before(29).expect("base"), None);
     store.put_workloads_base(10, b"head 10", &[b"old part".to_vec()]).expect("a base at a checkpoint");
     store.db().flush().expect("flush: read back from table and blob files");
