@@ -132,6 +132,12 @@ fn decode(store: &EventStore, base: u64, head: &[u8], read: &[usize]) -> Result<
 /// or chain of checkpoints exists, and the caller reads the row
 /// checkpoints. Rows come in key order, as [`ViewKind::batch_of`] builds them.
 pub(crate) fn workloads_at(store: &EventStore, seq: u64, projection: Option<&[usize]>) -> Result<Option<RecordBatch>> {
+    // The head, the parts and the changes since are separate reads: a
+    // snapshot install between them would mix two histories.
+    store.read_consistently(seq, || workloads_at_once(store, seq, projection))
+}
+
+fn workloads_at_once(store: &EventStore, seq: u64, projection: Option<&[usize]>) -> Result<Option<RecordBatch>> {
     let kind = ViewKind::Workloads;
     let Some((base, head)) = store.workloads_base_at_or_before(seq)? else { return Ok(None) };
     let Some(overlay) = store.workloads_changed_since(base, seq)? else { return Ok(None) };

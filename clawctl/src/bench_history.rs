@@ -46,6 +46,15 @@ pub struct HistoryReport {
     pub state_at_max_ms: f64,
     pub state_summaries_p50_ms: f64,
     pub state_summaries_p99_ms: f64,
+    /// The server's share of GetState: building the whole past state
+    /// (checkpoint load and replay), and encoding it as JSON.
+    pub state_build_p50_ms: f64,
+    pub state_build_p99_ms: f64,
+    pub state_encode_p50_ms: f64,
+    pub state_encode_p99_ms: f64,
+    /// The same for the state without per-node verdicts.
+    pub state_summaries_build_p50_ms: f64,
+    pub state_summaries_build_p99_ms: f64,
     pub state_at_sql_p50_ms: f64,
     pub state_at_sql_p99_ms: f64,
     pub nodes_at_p50_ms: f64,
@@ -82,6 +91,20 @@ impl HistoryReport {
                 format!(
                     "p50 {:.2} ms, p99 {:.2} ms (GetState without per-node verdicts: what `replay --at` prints)",
                     self.state_summaries_p50_ms, self.state_summaries_p99_ms
+                ),
+            ),
+            (
+                "state_at (server)",
+                format!(
+                    "build p50 {:.2} ms, p99 {:.2} ms; JSON p50 {:.2} ms, p99 {:.2} ms (whole view: checkpoint load and replay, then encoding)",
+                    self.state_build_p50_ms, self.state_build_p99_ms, self.state_encode_p50_ms, self.state_encode_p99_ms
+                ),
+            ),
+            (
+                "",
+                format!(
+                    "build p50 {:.2} ms, p99 {:.2} ms (without per-node verdicts)",
+                    self.state_summaries_build_p50_ms, self.state_summaries_build_p99_ms
                 ),
             ),
             (
@@ -220,17 +243,20 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         })
         .collect();
     eprintln!("measuring GetState at {} past seqs", seqs.len());
-    let mut lat = histogram();
+    let (mut lat, mut build, mut encode) = (histogram(), histogram(), histogram());
     for &seq in &seqs {
         let t = Instant::now();
-        client.get_state(Some(Moment::Seq(seq))).await?;
+        let state = client.get_state(Some(Moment::Seq(seq))).await?;
         lat.record(t.elapsed().as_micros().max(1) as u64)?;
+        build.record(state.build_us.max(1))?;
+        encode.record(state.encode_us.max(1))?;
     }
-    let mut summaries = histogram();
+    let (mut summaries, mut summaries_build) = (histogram(), histogram());
     for &seq in &seqs {
         let t = Instant::now();
-        client.get_state_summaries(Some(Moment::Seq(seq))).await?;
+        let state = client.get_state_summaries(Some(Moment::Seq(seq))).await?;
         summaries.record(t.elapsed().as_micros().max(1) as u64)?;
+        summaries_build.record(state.build_us.max(1))?;
     }
 
     // The same seqs through SQL on seance tables: the cost of rebuilding
@@ -293,6 +319,12 @@ pub async fn run(target: &Target, format: Format, args: HistoryArgs) -> Result<(
         state_at_max_ms: ms(lat.max()),
         state_summaries_p50_ms: ms(summaries.value_at_quantile(0.5)),
         state_summaries_p99_ms: ms(summaries.value_at_quantile(0.99)),
+        state_build_p50_ms: ms(build.value_at_quantile(0.5)),
+        state_build_p99_ms: ms(build.value_at_quantile(0.99)),
+        state_encode_p50_ms: ms(encode.value_at_quantile(0.5)),
+        state_encode_p99_ms: ms(encode.value_at_quantile(0.99)),
+        state_summaries_build_p50_ms: ms(summaries_build.value_at_quantile(0.5)),
+        state_summaries_build_p99_ms: ms(summaries_build.value_at_quantile(0.99)),
         state_at_sql_p50_ms: ms(core.value_at_quantile(0.5)),
         state_at_sql_p99_ms: ms(core.value_at_quantile(0.99)),
         nodes_at_p50_ms: ms(nodes_at.value_at_quantile(0.5)),

@@ -112,6 +112,9 @@ pub struct PastState {
     pub seq: u64,
     pub time_ms: i64,
     pub last_seq: u64,
+    /// Microseconds the server took to build the state and to encode it.
+    pub build_us: u64,
+    pub encode_us: u64,
 }
 
 /// Which event a moment resolves to, without the state there.
@@ -143,7 +146,14 @@ impl Client {
         let response = self.request_state(at, detail).await?;
         let view: ClusterView =
             serde_json::from_str(&response.view_json).context("clawd sent a cluster state this clawctl cannot read")?;
-        Ok(PastState { view, seq: response.seq, time_ms: response.time_ms, last_seq: response.last_seq })
+        Ok(PastState {
+            view,
+            seq: response.seq,
+            time_ms: response.time_ms,
+            last_seq: response.last_seq,
+            build_us: response.build_us,
+            encode_us: response.encode_us,
+        })
     }
 
     async fn request_state(&self, at: Option<Moment>, detail: v1::StateDetail) -> Result<v1::GetStateResponse> {

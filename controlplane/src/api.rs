@@ -1,5 +1,6 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
+use std::time::Instant;
 
 use claw_analytics::{batches_to_ipc, Analytics};
 use claw_commands::{derive_id, Actor, ActorKind, Command, CommandEnvelope, Event, Rejection};
@@ -458,20 +459,32 @@ impl Claw for ClawApi {
                 Some(v1::get_state_request::At::Seq(seq)) => seq,
                 Some(v1::get_state_request::At::TimeMs(t)) => store.seq_at_time(t).map_err(past_state_error)?,
             };
+            let started = Instant::now();
             let view = match detail {
                 v1::StateDetail::Head => {
                     let time_ms = store.time_at(seq).map_err(past_state_error)?;
-                    return Ok(v1::GetStateResponse { view_json: String::new(), seq, time_ms, last_seq });
+                    return Ok(v1::GetStateResponse {
+                        view_json: String::new(),
+                        seq,
+                        time_ms,
+                        last_seq,
+                        ..Default::default()
+                    });
                 }
                 v1::StateDetail::Summaries => store.view_at_summaries(seq, ViewTables::ALL),
                 v1::StateDetail::Full => store.view_at(seq),
             }
             .map_err(past_state_error)?;
+            let build_us = micros(started);
+            let started = Instant::now();
+            let view_json = to_json(&view)?;
             Ok::<_, Status>(v1::GetStateResponse {
-                view_json: to_json(&view)?,
+                view_json,
                 seq: view.last_seq,
                 time_ms: view.last_time_ms,
                 last_seq,
+                build_us,
+                encode_us: micros(started),
             })
         })
         .await
@@ -566,4 +579,9 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert!(s.message().contains("spec.image") && s.message().contains("seq 4"), "{}", s.message());
     }
+}
+
+/// Microseconds since `started`.
+fn micros(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }

@@ -244,9 +244,26 @@ impl EventStore {
         self.consistently(seq, || self.view_at_once(seq, tables, verdicts, skip))
     }
 
+    /// Runs `read`, a read of the state at `seq` through several of this
+    /// store's calls (a table base's head, its parts and the rows changed
+    /// since it, say), again until no snapshot install ran during it, so
+    /// that what it read all comes from one history. Calls that read the
+    /// state at a seq through one call are already consistent on their own.
+    pub fn read_consistently<T, E: From<Error>>(
+        &self,
+        seq: u64,
+        read: impl Fn() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.consistently(seq, read)
+    }
+
     /// Runs `read` (a read of the state at `seq` from several records)
     /// until no snapshot install ran during it.
-    fn consistently<T>(&self, seq: u64, read: impl Fn() -> Result<T>) -> Result<T> {
+    fn consistently<T, E: From<Error>>(
+        &self,
+        seq: u64,
+        read: impl Fn() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         // The checkpoint lookup, its rows and the replay are separate reads:
         // a snapshot install between them (it rewrites all three) could mix
         // two histories' checkpoints. Retry until none ran meanwhile.
@@ -266,7 +283,8 @@ impl EventStore {
         }
         Err(Error::Storage(format!(
             "the state at seq {seq} could not be read: a snapshot install kept rewriting the history"
-        )))
+        ))
+        .into())
     }
 
     /// The newest row checkpoint at or before `seq`, if any: the seqs a

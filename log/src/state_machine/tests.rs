@@ -1145,3 +1145,32 @@ async fn snapshots_drop_checkpoints_with(every: Checkpoints) {
     let (decision, view) = fold(&all_events(&store));
     assert_eq!((store.decision(), store.view()), (decision, view));
 }
+
+/// A read made of several calls is redone when a snapshot install ran
+/// while it read (its parts could come from two histories), and waits out
+/// an install in progress; one that no install overlapped runs once.
+#[test]
+fn a_read_overlapping_a_snapshot_install_is_redone() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let dir = TempDir::new().expect("tempdir");
+    let (_log, _sm, store) = open_storage(dir.path(), CHECKPOINT_EVERY).expect("open");
+    let installs = &store.shared.installs;
+    let calls = AtomicU32::new(0);
+    let out: Result<u32, Error> = store.read_consistently(0, || {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == 1 {
+            // An install starts and ends between this read's calls.
+            installs.fetch_add(2, Ordering::AcqRel);
+        }
+        Ok(n)
+    });
+    assert_eq!(out.expect("read"), 2, "the overlapped read is redone once");
+    calls.store(0, Ordering::SeqCst);
+    let out: Result<u32, Error> = store.read_consistently(0, || Ok(calls.fetch_add(1, Ordering::SeqCst) + 1));
+    assert_eq!(out.expect("read"), 1);
+    // An install that never ends: the read gives up with a clear error.
+    installs.fetch_add(1, Ordering::AcqRel);
+    let err = store.read_consistently(7, || Ok::<_, Error>(())).expect_err("never consistent");
+    assert!(err.to_string().contains("state at seq 7 could not be read"), "{err}");
+    installs.fetch_add(1, Ordering::AcqRel);
+}
