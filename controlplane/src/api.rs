@@ -556,6 +556,11 @@ impl Claw for ClawApi {
     }
 }
 
+/// Microseconds since `started`.
+fn micros(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,9 +584,4 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert!(s.message().contains("spec.image") && s.message().contains("seq 4"), "{}", s.message());
     }
-}
-
-/// Microseconds since `started`.
-fn micros(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
