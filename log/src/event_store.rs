@@ -241,25 +241,16 @@ impl EventStore {
     }
 
     fn view_at_retrying(&self, seq: u64, tables: ViewTables, verdicts: bool, skip: &[&str]) -> Result<ClusterView> {
-        self.consistently(seq, || self.view_at_once(seq, tables, verdicts, skip))
+        self.read_consistently(seq, || self.view_at_once(seq, tables, verdicts, skip))
     }
 
     /// Runs `read`, a read of the state at `seq` through several of this
-    /// store's calls (a table base's head, its parts and the rows changed
-    /// since it, say), again until no snapshot install ran during it, so
-    /// that what it read all comes from one history. Calls that read the
-    /// state at a seq through one call are already consistent on their own.
+    /// store's calls (a checkpoint lookup, its rows and the replay after
+    /// it; a table base's head, its parts and the rows changed since it),
+    /// again until no snapshot install ran during it, so that what it read
+    /// all comes from one history. Calls that read the state at a seq
+    /// through one call are already consistent on their own.
     pub fn read_consistently<T, E: From<Error>>(
-        &self,
-        seq: u64,
-        read: impl Fn() -> std::result::Result<T, E>,
-    ) -> std::result::Result<T, E> {
-        self.consistently(seq, read)
-    }
-
-    /// Runs `read` (a read of the state at `seq` from several records)
-    /// until no snapshot install ran during it.
-    fn consistently<T, E: From<Error>>(
         &self,
         seq: u64,
         read: impl Fn() -> std::result::Result<T, E>,
@@ -325,7 +316,7 @@ impl EventStore {
     /// `at`; `None` where the stored checkpoints cannot say (see
     /// [`WorkloadOverlay`]).
     pub fn workload_changes(&self, base: u64, at: u64) -> Result<Option<BTreeSet<String>>> {
-        self.consistently(at, || view_rows::workload_changes(&self.shared.db, base, at))
+        self.read_consistently(at, || view_rows::workload_changes(&self.shared.db, base, at))
     }
 
     /// What turns the workload table as of the row checkpoint at `base`
@@ -338,7 +329,7 @@ impl EventStore {
     /// before `seq`, or a link of the chain is missing); the caller then
     /// reads the whole table. Rows carry summaries, not per-node verdicts.
     pub fn workloads_changed_since(&self, base: u64, seq: u64) -> Result<Option<WorkloadOverlay>> {
-        self.consistently(seq, || self.workloads_changed_once(base, seq))
+        self.read_consistently(seq, || self.workloads_changed_once(base, seq))
     }
 
     fn workloads_changed_once(&self, base: u64, seq: u64) -> Result<Option<WorkloadOverlay>> {

@@ -356,32 +356,45 @@ pub(crate) fn load(
         event_counts: meta.event_counts,
         ..ClusterView::default()
     };
-    let mut reader = Reader { db, at, it: db.raw_iter(CF_VIEW_ROWS)? };
-    reader.table_or_rows(MEMBERS, tables.members, &rows.members, &mut view.members)?;
-    if tables.workloads {
-        reader.table(WORKLOADS, &mut view.workloads, skip)?;
-    } else {
-        reader.rows(WORKLOADS, &rows.workloads, &mut view.workloads)?;
-    }
-    if tables.workloads && verdicts {
-        let mut stored: Table<String, Verdicts> = Table::default();
-        reader.table(WORKLOAD_VERDICTS, &mut stored, Skip::NONE)?;
-        for (id, v) in stored.into_rows() {
+    // The verdicts are most of a whole workload table's bytes: read them
+    // beside the rows, with a second iterator, and join the two by key.
+    std::thread::scope(|scope| -> Result<()> {
+        let stored_verdicts = (tables.workloads && verdicts).then(|| {
+            scope.spawn(|| -> Result<Table<String, Verdicts>> {
+                let mut stored = Table::default();
+                Reader { db, at, it: db.raw_iter(CF_VIEW_ROWS)? }.table(WORKLOAD_VERDICTS, &mut stored, Skip::NONE)?;
+                Ok(stored)
+            })
+        });
+        let mut reader = Reader { db, at, it: db.raw_iter(CF_VIEW_ROWS)? };
+        reader.table_or_rows(MEMBERS, tables.members, &rows.members, &mut view.members)?;
+        if tables.workloads {
+            reader.table(WORKLOADS, &mut view.workloads, skip)?;
+        } else {
+            reader.rows(WORKLOADS, &rows.workloads, &mut view.workloads)?;
+        }
+        reader.table_or_rows(NODES, tables.nodes, &rows.nodes, &mut view.nodes)?;
+        reader.table_or_rows(PROPOSALS, tables.proposals, &rows.proposals, &mut view.proposals)?;
+        reader.table_or_rows(INCIDENTS, tables.incidents, &rows.incidents, &mut view.incidents)?;
+        if let Some(stored) = stored_verdicts {
+            let stored = stored.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
             // Written with the row at the same seq, so the newest of each
-            // at or before `at` belong together.
-            if let Some(row) = view.workloads.get_mut(&id) {
-                if let Some(p) = row.placement.as_mut() {
-                    p.considered = v.placement;
-                }
-                if let Some(p) = row.unschedulable.as_mut() {
-                    p.considered = v.unschedulable;
+            // at or before `at` belong together. Both sides are in key order.
+            let mut stored = stored.into_rows().into_iter().peekable();
+            for (id, row) in view.workloads.restored_mut() {
+                while stored.next_if(|(vid, _)| vid < id).is_some() {}
+                if let Some((_, v)) = stored.next_if(|(vid, _)| vid == id) {
+                    if let Some(p) = row.placement.as_mut() {
+                        p.considered = v.placement;
+                    }
+                    if let Some(p) = row.unschedulable.as_mut() {
+                        p.considered = v.unschedulable;
+                    }
                 }
             }
         }
-    }
-    reader.table_or_rows(NODES, tables.nodes, &rows.nodes, &mut view.nodes)?;
-    reader.table_or_rows(PROPOSALS, tables.proposals, &rows.proposals, &mut view.proposals)?;
-    reader.table_or_rows(INCIDENTS, tables.incidents, &rows.incidents, &mut view.incidents)?;
+        Ok(())
+    })?;
     Ok(view)
 }
 

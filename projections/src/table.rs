@@ -55,6 +55,12 @@ impl<K: Ord + Clone, V> Table<K, V> {
         self.rows.insert(key, row);
     }
 
+    /// Every row in key order, to complete rows put back with
+    /// [`Table::restore`] from what was stored beside them; marks nothing.
+    pub fn restored_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.rows.iter_mut()
+    }
+
     /// The keys of the rows changed since the last call, and forgets them.
     pub fn take_touched(&mut self) -> BTreeSet<K> {
         std::mem::take(&mut self.touched)
