@@ -8,6 +8,12 @@
 #
 #   bench/compare.sh [duration_s=10] [clients="1 16 64 256"]
 #
+# MEMBERS="3" limits the member counts (default "1 3"). BASE=<dir> holds
+# another release build's clawd (an earlier commit): each clawd row is then
+# run with it too, right before, labelled "clawd-base", so a change is
+# measured against its baseline and etcd in the same minutes. ROUNDS=n
+# repeats every row n times (interleaved), to show the run-to-run spread.
+#
 # Writes JSON lines to bench/results/compare-<date>.jsonl and prints a
 # Markdown table for docs/benchmarks.md. Release build (BIN= to reuse one).
 set -euo pipefail
@@ -49,11 +55,11 @@ metric() { # $1 = clawd address, $2 = sample name: its value from /metrics
   curl -s "http://$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'
 }
 
-start_clawd() { # $1 = members
-  local n=$1 base=17400
+start_clawd() { # $1 = members, $2 = directory of the clawd binary
+  local n=$1 base=17400 bin=${2:-$BIN}
   for i in $(seq 1 "$n"); do
     local join=""; [ "$i" -gt 1 ] && join="--join"
-    CLAW_LOG_LEVEL=warn "$BIN/clawd" --id "$i" --listen "127.0.0.1:$((base + i))" --data-dir "$WORK/c$i" $join \
+    CLAW_LOG_LEVEL=warn "$bin/clawd" --id "$i" --listen "127.0.0.1:$((base + i))" --data-dir "$WORK/c$i" $join \
       >"$WORK/c$i.log" 2>&1 &
     pids+=($!)
   done
@@ -81,23 +87,30 @@ start_etcd() { # $1 = members
   echo "etcd did not become healthy" >&2; cat "$WORK/e1.log" >&2; return 1
 }
 
-for members in 1 3; do
-  for c in $CLIENTS; do
-    rm -rf "$WORK"/c* "$WORK"/e*
-    start_clawd "$members"
-    addr=127.0.0.1:17401
-    f0=$(metric "$addr" claw_fsync_seconds_count); s0=$(metric "$addr" claw_events_last_seq)
-    r=$("$BIN/clawctl" --server "$addr" -o json bench append --clients "$c" --duration "${DUR}s" --warmup 1s --payload-bytes 256)
-    f1=$(metric "$addr" claw_fsync_seconds_count); s1=$(metric "$addr" claw_events_last_seq)
-    per=$(awk -v a="$f0" -v b="$f1" -v x="$s0" -v y="$s1" 'BEGIN { if (b > a) printf "%.1f", (y - x) / (b - a); else print 0 }')
-    record "{\"system\":\"clawd\",\"members\":$members,\"events_per_fsync\":$per,\"report\":$(echo "$r" | tr -d '\n')}"
-    stop_all
+run_clawd() { # $1 = members, $2 = clients, $3 = label, $4 = binary directory
+  rm -rf "$WORK"/c* "$WORK"/e*
+  start_clawd "$1" "$4"
+  local addr=127.0.0.1:17401 f0 s0 f1 s1 r per
+  f0=$(metric "$addr" claw_fsync_seconds_count); s0=$(metric "$addr" claw_events_last_seq)
+  r=$("$BIN/clawctl" --server "$addr" -o json bench append --clients "$2" --duration "${DUR}s" --warmup 1s --payload-bytes 256)
+  f1=$(metric "$addr" claw_fsync_seconds_count); s1=$(metric "$addr" claw_events_last_seq)
+  per=$(awk -v a="$f0" -v b="$f1" -v x="$s0" -v y="$s1" 'BEGIN { if (b > a) printf "%.1f", (y - x) / (b - a); else print 0 }')
+  record "{\"system\":\"$3\",\"members\":$1,\"events_per_fsync\":$per,\"report\":$(echo "$r" | tr -d '\n')}"
+  stop_all
+}
 
-    rm -rf "$WORK"/c* "$WORK"/e*
-    start_etcd "$members"
-    r=$("$BIN/clawctl" -o json bench append --etcd http://127.0.0.1:23791 --clients "$c" --duration "${DUR}s" --warmup 1s --payload-bytes 256)
-    record "{\"system\":\"etcd\",\"members\":$members,\"report\":$(echo "$r" | tr -d '\n')}"
-    stop_all
+for members in ${MEMBERS:-1 3}; do
+  for c in $CLIENTS; do
+    for _ in $(seq 1 "${ROUNDS:-1}"); do
+      [ -n "${BASE:-}" ] && run_clawd "$members" "$c" clawd-base "$BASE"
+      run_clawd "$members" "$c" clawd "$BIN"
+
+      rm -rf "$WORK"/c* "$WORK"/e*
+      start_etcd "$members"
+      r=$("$BIN/clawctl" -o json bench append --etcd http://127.0.0.1:23791 --clients "$c" --duration "${DUR}s" --warmup 1s --payload-bytes 256)
+      record "{\"system\":\"etcd\",\"members\":$members,\"report\":$(echo "$r" | tr -d '\n')}"
+      stop_all
+    done
   done
 done
 
@@ -131,7 +144,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 print("| system | members | clients | writes/s | p50 ms | p99 ms | p99.9 ms | events/fsync |")
 print("|---|---|---|---|---|---|---|---|")
 for r in rows:
-    if r["system"] in ("clawd", "etcd"):
+    if r["system"] in ("clawd", "clawd-base", "etcd"):
         b = r["report"]
         print(f"| {r['system']} | {r['members']} | {b['clients']} | {b['events_per_s']:.0f} | {b['p50_ms']:.2f} | "
               f"{b['p99_ms']:.2f} | {b['p999_ms']:.2f} | {r.get('events_per_fsync', '')} |")

@@ -223,31 +223,42 @@ pub(crate) fn decode_json<T: DeserializeOwned>(cf: &str, key: &[u8], bytes: &[u8
     serde_json::from_slice(bytes).map_err(|e| Error::decode(format!("record {cf}/{}", show_key(key)), e))
 }
 
-/// The first byte of a view row stored as MessagePack. Rows written before
-/// it are JSON, whose text never starts with this byte, so both read.
-pub(crate) const ROW_MSGPACK: u8 = 0x01;
+/// The first byte of a value stored or sent as MessagePack (view rows, raft
+/// log entries, member-to-member raft messages). Values written before it
+/// are JSON, whose text never starts with this byte, so both read.
+pub(crate) const PACKED: u8 = 0x01;
 
-/// Encodes a row of the view's row checkpoints: [`ROW_MSGPACK`], then the
-/// row as MessagePack with named fields (a map, like JSON, so a field added
-/// with `#[serde(default)]` still reads old rows). Past-state reads decode
-/// tens of thousands of these per query; MessagePack is about half JSON's
-/// bytes for these rows and several times cheaper to decode.
-pub(crate) fn encode_row<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<Vec<u8>> {
+/// Encodes a value as [`PACKED`], then MessagePack with named fields (a map,
+/// like JSON, so a field added with `#[serde(default)]` still reads old
+/// values). About half JSON's bytes for our records and several times
+/// cheaper to decode: past-state reads decode tens of thousands of view rows
+/// per query, and every raft entry is encoded once per member and once per
+/// follower it is sent to.
+pub(crate) fn encode_packed<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(256);
-    buf.push(ROW_MSGPACK);
-    rmp_serde::encode::write_named(&mut buf, value)
-        .map_err(|e| Error::Storage(format!("cannot encode {what}: {e}")))?;
+    pack_into(&mut buf, value).map_err(|e| Error::Storage(format!("cannot encode {what}: {e}")))?;
     Ok(buf)
 }
 
-/// Decodes a row written by [`encode_row`], or a JSON row written before
-/// it; the error names the column family, the key and the format.
-pub(crate) fn decode_row<T: DeserializeOwned>(cf: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
+/// Appends [`PACKED`] and `value` as named MessagePack to `buf`.
+pub(crate) fn pack_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> std::result::Result<(), String> {
+    buf.push(PACKED);
+    rmp_serde::encode::write_named(buf, value).map_err(|e| e.to_string())
+}
+
+/// Decodes bytes written by [`pack_into`], or JSON written before it; the
+/// error says which format was read and why it failed.
+pub(crate) fn unpack<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
     match bytes.split_first() {
-        Some((&ROW_MSGPACK, body)) => rmp_serde::from_slice(body)
-            .map_err(|e| Error::decode(format!("record {cf}/{}", show_key(key)), format!("MessagePack row: {e}"))),
-        _ => decode_json(cf, key, bytes),
+        Some((&PACKED, body)) => rmp_serde::from_slice(body).map_err(|e| format!("MessagePack: {e}")),
+        _ => serde_json::from_slice(bytes).map_err(|e| format!("JSON: {e}")),
     }
+}
+
+/// Decodes a value written by [`encode_packed`], or a JSON value written
+/// before it; the error names the column family, the key and the format.
+pub(crate) fn decode_packed<T: DeserializeOwned>(cf: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    unpack(bytes).map_err(|e| Error::decode(format!("record {cf}/{}", show_key(key)), e))
 }
 
 /// Encodes a value for storage; `what` names it in the (unlikely) error.

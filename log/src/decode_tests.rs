@@ -33,9 +33,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tempfile::TempDir;
 
-use self::mutate::{corpus, inputs, Input, Seed};
+use self::mutate::{corpus, corpus_dir, inputs, Input, Seed};
 use crate::checkpoint::{Checkpoint, CheckpointView};
-use crate::db::{decode_json, Db};
+use crate::db::{decode_json, decode_packed, encode_packed, pack_into, unpack, Db};
 use crate::dedup_row::DedupRow;
 use crate::keys::{
     dedup_key, show_key, u64_key, RaftMetaKey, SmMetaKey, CF_DEDUP, CF_EVENTS, CF_RAFT_LOG, CF_RAFT_META, CF_ROLLUPS,
@@ -62,13 +62,32 @@ fn decode_stored<T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(
     key: &[u8],
     input: &Input,
 ) -> Option<T> {
-    match decode_json::<T>(cf, key, &input.bytes) {
+    check_decoded(cf, key, input, decode_json::<T>(cf, key, &input.bytes), |value| {
+        // Whatever decodes is stored again the same way: re-encoding and
+        // decoding it must give it back exactly.
+        let again: T = serde_json::from_slice(&serde_json::to_vec(value).expect("re-encode"))
+            .unwrap_or_else(|e| panic!("{input:?}: decoded, but its re-encoding does not decode: {e}"));
+        assert_eq!(&again, value, "{input:?}: the re-encoding differs");
+    })
+}
+
+/// As [`decode_stored`], for values stored as MessagePack or, from before,
+/// JSON (raft log entries).
+fn decode_stored_packed<T: DeserializeOwned + Serialize>(cf: &str, key: &[u8], input: &Input) -> Option<T> {
+    check_decoded(cf, key, input, decode_packed::<T>(cf, key, &input.bytes), |value| {
+        // Stored again, it reads back as the same value. Compared as bytes:
+        // MessagePack carries any float, NaN included, which equals nothing.
+        let once = encode_packed("value", value).expect("re-encode");
+        let again: T = decode_packed(cf, key, &once)
+            .unwrap_or_else(|e| panic!("{input:?}: decoded, but its re-encoding does not decode: {e}"));
+        assert_eq!(encode_packed("value", &again).expect("re-encode"), once, "{input:?}: the re-encoding differs");
+    })
+}
+
+fn check_decoded<T>(cf: &str, key: &[u8], input: &Input, result: Result<T, Error>, again: impl Fn(&T)) -> Option<T> {
+    match result {
         Ok(value) => {
-            // Whatever decodes is stored again the same way: re-encoding
-            // and decoding it must give it back exactly.
-            let again: T = serde_json::from_slice(&serde_json::to_vec(&value).expect("re-encode"))
-                .unwrap_or_else(|e| panic!("{input:?}: decoded, but its re-encoding does not decode: {e}"));
-            assert_eq!(again, value, "{input:?}: the re-encoding differs");
+            again(&value);
             Some(value)
         }
         Err(Error::Decode { what, reason }) => {
@@ -96,7 +115,7 @@ proptest! {
     /// `raft_log/<index>` → `Entry` (`LogReader::entries`, `last_log_id`).
     #[test]
     fn stored_raft_entries_never_panic_and_errors_name_the_record(input in inputs(corpus("raft_entry"))) {
-        decode_stored::<Entry<TypeConfig>>(CF_RAFT_LOG, &u64_key(3), &input);
+        decode_stored_packed::<Entry<TypeConfig>>(CF_RAFT_LOG, &u64_key(3), &input);
     }
 
     /// `sm_meta/checkpoint(seq)` → `Checkpoint` (start-up) and `CheckpointView` (past states).
@@ -136,11 +155,11 @@ proptest! {
     #[test]
     fn raft_rpc_payloads_never_panic_and_errors_name_the_request(input in inputs(corpus("raft_rpc"))) {
         check_raft_requests(&input);
-        let _ = serde_json::from_slice::<AppendEntriesResponse<u64>>(&input.bytes);
-        let _ = serde_json::from_slice::<VoteResponse<u64>>(&input.bytes);
-        let _ = serde_json::from_slice::<InstallSnapshotResponse<u64>>(&input.bytes);
-        let _ = serde_json::from_slice::<RaftError<u64>>(&input.bytes);
-        let _ = serde_json::from_slice::<RaftError<u64, InstallSnapshotError>>(&input.bytes);
+        let _ = unpack::<AppendEntriesResponse<u64>>(&input.bytes);
+        let _ = unpack::<VoteResponse<u64>>(&input.bytes);
+        let _ = unpack::<InstallSnapshotResponse<u64>>(&input.bytes);
+        let _ = unpack::<RaftError<u64>>(&input.bytes);
+        let _ = unpack::<RaftError<u64, InstallSnapshotError>>(&input.bytes);
     }
 }
 
@@ -159,7 +178,7 @@ fn check_raft_requests(input: &Input) {
         };
         if let Err(status) = result {
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{input:?}: {status}");
-            let prefix = format!("RaftPayload.data is not a JSON {what}: ");
+            let prefix = format!("RaftPayload.data is not a valid {what}: ");
             let msg = status.message();
             assert!(msg.starts_with(&prefix) && msg.len() > prefix.len(), "{input:?}: unclear error {msg:?}");
         }
@@ -625,7 +644,7 @@ fn every_seed_is_valid() {
         assert_eq!(rec.compute_hash(), rec.hash, "{}", s.name);
     }
     for s in corpus("raft_entry") {
-        serde_json::from_slice::<Entry<TypeConfig>>(&s.bytes).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+        unpack::<Entry<TypeConfig>>(&s.bytes).unwrap_or_else(|e| panic!("{}: {e}", s.name));
     }
     for s in corpus("checkpoint") {
         serde_json::from_slice::<Checkpoint>(&s.bytes).unwrap_or_else(|e| panic!("{}: {e}", s.name));
@@ -639,19 +658,19 @@ fn every_seed_is_valid() {
     for s in corpus("raft_rpc") {
         let name = s.name.trim_start_matches("raft_rpc/");
         let ok = if name.starts_with("request_append_entries") {
-            serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(&s.bytes).is_ok()
+            unpack::<AppendEntriesRequest<TypeConfig>>(&s.bytes).is_ok()
         } else if name.starts_with("request_vote") {
-            serde_json::from_slice::<VoteRequest<u64>>(&s.bytes).is_ok()
+            unpack::<VoteRequest<u64>>(&s.bytes).is_ok()
         } else if name.starts_with("request_install_snapshot") {
-            serde_json::from_slice::<InstallSnapshotRequest<TypeConfig>>(&s.bytes).is_ok()
+            unpack::<InstallSnapshotRequest<TypeConfig>>(&s.bytes).is_ok()
         } else if name.starts_with("response_append_entries") {
-            serde_json::from_slice::<AppendEntriesResponse<u64>>(&s.bytes).is_ok()
+            unpack::<AppendEntriesResponse<u64>>(&s.bytes).is_ok()
         } else if name.starts_with("response_vote") {
-            serde_json::from_slice::<VoteResponse<u64>>(&s.bytes).is_ok()
+            unpack::<VoteResponse<u64>>(&s.bytes).is_ok()
         } else if name.starts_with("response_install_snapshot") {
-            serde_json::from_slice::<InstallSnapshotResponse<u64>>(&s.bytes).is_ok()
+            unpack::<InstallSnapshotResponse<u64>>(&s.bytes).is_ok()
         } else if name.starts_with("response_raft_error") {
-            serde_json::from_slice::<RaftError<u64>>(&s.bytes).is_ok()
+            unpack::<RaftError<u64>>(&s.bytes).is_ok()
         } else {
             panic!("{}: unknown kind of raft RPC seed", s.name)
         };
@@ -673,4 +692,53 @@ fn every_seed_is_valid() {
         };
         assert!(ok, "{} does not decode", s.name);
     }
+}
+
+/// The raft log and the raft RPC carry MessagePack now, JSON before: each
+/// JSON seed of `raft_entry/` and `raft_rpc/` has a MessagePack twin
+/// (`packed_<name>.msgpack` and `<name>.msgpack`) that must decode to the
+/// same value, so both formats stay covered by the property tests. With
+/// `CLAW_WRITE_CORPUS=1` the twins are (re)written from the JSON seeds.
+#[test]
+fn packed_seeds_are_twins_of_the_json_seeds() {
+    fn twin<T: DeserializeOwned + Serialize>(seed: &Seed, path: std::path::PathBuf) {
+        let value: T = serde_json::from_slice(&seed.bytes).unwrap_or_else(|e| panic!("{}: {e}", seed.name));
+        let mut packed = Vec::new();
+        pack_into(&mut packed, &value).expect("pack");
+        if std::env::var_os("CLAW_WRITE_CORPUS").is_some() {
+            std::fs::write(&path, &packed).expect("write seed");
+        }
+        let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: no MessagePack twin: {e}", path.display()));
+        assert_eq!(stored, packed, "{} is not {} packed", path.display(), seed.name);
+        let back: T = unpack(&stored).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            serde_json::to_value(&back).expect("json"),
+            serde_json::to_value(&value).expect("json"),
+            "{} decodes to another value than {}",
+            path.display(),
+            seed.name
+        );
+    }
+    let mut twins = 0;
+    for s in corpus("raft_entry").into_iter().filter(|s| s.name.ends_with(".json")) {
+        let name = s.name.trim_start_matches("raft_entry/").trim_end_matches(".json");
+        twin::<Entry<TypeConfig>>(&s, corpus_dir("raft_entry").join(format!("packed_{name}.msgpack")));
+        twins += 1;
+    }
+    for s in corpus("raft_rpc").into_iter().filter(|s| s.name.ends_with(".json")) {
+        let name = s.name.trim_start_matches("raft_rpc/").trim_end_matches(".json");
+        let path = corpus_dir("raft_rpc").join(format!("{name}.msgpack"));
+        match name {
+            n if n.starts_with("request_append_entries") => twin::<AppendEntriesRequest<TypeConfig>>(&s, path),
+            n if n.starts_with("request_vote") => twin::<VoteRequest<u64>>(&s, path),
+            n if n.starts_with("request_install_snapshot") => twin::<InstallSnapshotRequest<TypeConfig>>(&s, path),
+            n if n.starts_with("response_append_entries") => twin::<AppendEntriesResponse<u64>>(&s, path),
+            n if n.starts_with("response_vote") => twin::<VoteResponse<u64>>(&s, path),
+            n if n.starts_with("response_install_snapshot") => twin::<InstallSnapshotResponse<u64>>(&s, path),
+            n if n.starts_with("response_raft_error") => twin::<RaftError<u64>>(&s, path),
+            n => panic!("{n}: unknown kind of raft RPC seed"),
+        }
+        twins += 1;
+    }
+    assert!(twins >= 13, "only {twins} JSON seeds of raft entries and RPCs");
 }

@@ -8,7 +8,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogId, RaftLogReader, StorageError, Vote};
 use tokio::sync::oneshot;
 
-use crate::db::{decode_json, encode_json, Db};
+use crate::db::{decode_packed, encode_json, encode_packed, Db};
 use crate::keys::{decode_u64, show_key, u64_key, RaftMetaKey, CF_RAFT_LOG, CF_RAFT_META};
 use crate::log_stats::Counters;
 use crate::log_writer::{Cached, LogOp, LogWriter, SharedCache};
@@ -77,7 +77,7 @@ impl LogReader {
             if end.is_some_and(|e| index >= e) {
                 return Ok(false);
             }
-            out.insert(index, decode_json(CF_RAFT_LOG, k, v)?);
+            out.insert(index, decode_packed(CF_RAFT_LOG, k, v)?);
             Ok(true)
         })?;
         for (index, c) in cache.entries.range((Bound::Included(start), upper)) {
@@ -93,7 +93,7 @@ impl LogReader {
         }
         match self.db.last(CF_RAFT_LOG)? {
             Some((k, v)) => {
-                let entry: Entry<TypeConfig> = decode_json(CF_RAFT_LOG, &k, &v)?;
+                let entry: Entry<TypeConfig> = decode_packed(CF_RAFT_LOG, &k, &v)?;
                 Ok(Some(*entry.get_log_id()))
             }
             None => Ok(None),
@@ -187,7 +187,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut cache = self.reader.cache.write().unwrap_or_else(PoisonError::into_inner);
             for entry in entries {
                 let index = entry.get_log_id().index;
-                let bytes = encode_json("raft log entry", &entry).map_err(Error::into_write)?;
+                let bytes = encode_packed("raft log entry", &entry).map_err(Error::into_write)?;
                 cache.insert(index, op_id, bytes.len(), entry);
                 encoded.push((index, bytes));
             }
@@ -231,15 +231,19 @@ mod tests {
         entries.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect()
     }
 
-    /// RocksDB holds 1..=5 (term 1); the cache holds 4..=7 (term 2), of
-    /// which 6 and 7 are not written yet.
+    /// RocksDB holds 1..=5 (term 1; 1..=3 as JSON, as members before
+    /// MessagePack stored them, 4 and 5 packed); the cache holds 4..=7
+    /// (term 2), of which 6 and 7 are not written yet.
     fn reader_with_cache() -> (tempfile::TempDir, LogReader) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(dir.path(), true).expect("open");
         let mut batch = WriteBatch::default();
         let cf = db.cf(CF_RAFT_LOG).expect("cf");
-        for i in 1..=5 {
+        for i in 1..=3 {
             batch.put_cf(&cf, u64_key(i), encode_json("entry", &entry(1, i)).expect("encode"));
+        }
+        for i in 4..=5 {
+            batch.put_cf(&cf, u64_key(i), encode_packed("entry", &entry(1, i)).expect("encode"));
         }
         drop(cf);
         db.write(batch, true).expect("write");

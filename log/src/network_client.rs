@@ -15,6 +15,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use crate::db::{pack_into, unpack};
 use crate::TypeConfig;
 
 /// The largest gRPC message a member sends or accepts on the Raft RPC.
@@ -31,7 +32,8 @@ enum Rpc {
 }
 
 /// The Raft RPC client to one member. Requests and responses are openraft's
-/// own types as JSON in a `RaftPayload`; a transport failure is reported as
+/// own types as MessagePack in a `RaftPayload` (responses from a member of an
+/// earlier version, JSON, read too); a transport failure is reported as
 /// `Unreachable` so that openraft backs off before retrying.
 pub(crate) struct NetworkClient {
     target: u64,
@@ -62,7 +64,8 @@ impl NetworkClient {
             Ok(c) => c.clone(),
             Err(msg) => return Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(msg)))),
         };
-        let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut data = Vec::with_capacity(256);
+        pack_into(&mut data, req).map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e))))?;
         let mut request = tonic::Request::new(RaftPayload { data, error: Vec::new() });
         request.set_timeout(option.hard_ttl());
         let result = match rpc {
@@ -83,7 +86,7 @@ impl NetworkClient {
             }
         };
         if !payload.error.is_empty() {
-            let remote: RaftError<u64, E> = serde_json::from_slice(&payload.error).map_err(|e| {
+            let remote: RaftError<u64, E> = unpack(&payload.error).map_err(|e| {
                 RPCError::Network(NetworkError::new(&AnyError::error(format!(
                     "member {} sent an undecodable raft error: {e}",
                     self.target
@@ -91,7 +94,7 @@ impl NetworkClient {
             })?;
             return Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), remote)));
         }
-        serde_json::from_slice(&payload.data).map_err(|e| {
+        unpack(&payload.data).map_err(|e| {
             RPCError::Network(NetworkError::new(&AnyError::error(format!(
                 "member {} sent an undecodable response: {e}",
                 self.target

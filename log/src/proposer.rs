@@ -17,8 +17,9 @@ use crate::{ApplyResponse, ClawRaft, CommandBatch};
 
 /// The most envelopes one raft entry carries.
 pub(crate) const MAX_BATCH_COMMANDS: usize = 1024;
-/// A batch is closed once its envelopes' JSON reaches this many bytes (one
-/// envelope always fits, whatever its size).
+/// A batch is closed once its envelopes' encoded size (MessagePack, as the
+/// raft log stores them) reaches this many bytes (one envelope always fits,
+/// whatever its size).
 pub(crate) const MAX_BATCH_BYTES: usize = 512 * 1024;
 /// The most batches being written at once.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
@@ -66,9 +67,8 @@ impl Proposer {
 
     pub(crate) async fn propose(&self, env: CommandEnvelope) -> Result<(ApplyResponse, u64), ProposeError> {
         // Measured here, on the caller's task, so the batcher stays cheap.
-        let bytes = serde_json::to_vec(&env)
-            .map_err(|e| ProposeError::Other(format!("the command cannot be encoded: {e}")))?
-            .len();
+        let bytes =
+            encoded_len(&env).map_err(|e| ProposeError::Other(format!("the command cannot be encoded: {e}")))?;
         let (reply, rx) = oneshot::channel();
         self.tx.send(Proposal { env, bytes, reply }).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -78,6 +78,23 @@ impl Proposer {
     pub(crate) fn stop(&self) {
         self.stop.send_replace(true);
     }
+}
+
+/// The size of `env` as the raft log stores it, counted without keeping the bytes.
+fn encoded_len(env: &CommandEnvelope) -> Result<usize, rmp_serde::encode::Error> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    rmp_serde::encode::write_named(&mut count, env)?;
+    Ok(count.0)
 }
 
 fn stopped() -> ProposeError {

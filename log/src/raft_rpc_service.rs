@@ -5,11 +5,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::db::{pack_into, unpack};
 use crate::{ClawRaft, TypeConfig};
 
-/// The member-to-member Raft RPC server: it decodes openraft's requests from
-/// JSON, hands them to the local raft, and encodes the answer (or the raft
-/// error, in `RaftPayload.error`).
+/// The member-to-member Raft RPC server: it decodes openraft's requests
+/// (MessagePack, or JSON from a member of an earlier version), hands them to
+/// the local raft, and encodes the answer (or the raft error, in
+/// `RaftPayload.error`) as MessagePack.
 #[derive(Clone)]
 pub struct RaftRpcService {
     raft: ClawRaft,
@@ -22,20 +24,19 @@ impl RaftRpcService {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(payload: &RaftPayload, what: &str) -> Result<T, Status> {
-    serde_json::from_slice(&payload.data)
-        .map_err(|e| Status::invalid_argument(format!("RaftPayload.data is not a JSON {what}: {e}")))
+    unpack(&payload.data).map_err(|e| Status::invalid_argument(format!("RaftPayload.data is not a valid {what}: {e}")))
+}
+
+fn pack<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, Status> {
+    let mut buf = Vec::with_capacity(128);
+    pack_into(&mut buf, value).map_err(|e| Status::internal(format!("cannot encode raft {what}: {e}")))?;
+    Ok(buf)
 }
 
 fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<RaftPayload>, Status> {
     let payload = match result {
-        Ok(v) => RaftPayload {
-            data: serde_json::to_vec(&v).map_err(|e| Status::internal(format!("cannot encode raft response: {e}")))?,
-            error: Vec::new(),
-        },
-        Err(e) => RaftPayload {
-            data: Vec::new(),
-            error: serde_json::to_vec(&e).map_err(|e| Status::internal(format!("cannot encode raft error: {e}")))?,
-        },
+        Ok(v) => RaftPayload { data: pack("response", &v)?, error: Vec::new() },
+        Err(e) => RaftPayload { data: Vec::new(), error: pack("error", &e)? },
     };
     Ok(Response::new(payload))
 }

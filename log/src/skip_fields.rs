@@ -12,19 +12,19 @@
 use serde::de::value::{BorrowedStrDeserializer, StrDeserializer};
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::db::{decode_row, ROW_MSGPACK};
+use crate::db::{decode_packed, PACKED};
 use crate::keys::show_key;
 use crate::{Error, Result};
 
-/// Decodes a row stored by [`crate::db::encode_row`] (or a JSON row written
+/// Decodes a row stored by [`crate::db::encode_packed`] (or a JSON row written
 /// before it), leaving the fields named in `skip` at their defaults.
 pub(crate) fn decode_skipping<T: DeserializeOwned>(cf: &str, key: &[u8], bytes: &[u8], skip: &[&str]) -> Result<T> {
     if skip.is_empty() {
-        return decode_row(cf, key, bytes);
+        return decode_packed(cf, key, bytes);
     }
     let what = || format!("record {cf}/{}", show_key(key));
     match bytes.split_first() {
-        Some((&ROW_MSGPACK, body)) => {
+        Some((&PACKED, body)) => {
             let mut de = rmp_serde::Deserializer::from_read_ref(body);
             T::deserialize(Skipping { inner: &mut de, skip })
                 .map_err(|e| Error::decode(what(), format!("MessagePack row: {e}")))
@@ -159,7 +159,7 @@ mod tests {
     use serde::{Deserialize, Serialize};
 
     use super::*;
-    use crate::db::encode_row;
+    use crate::db::encode_packed;
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     struct Row {
@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn skipped_fields_take_their_defaults_and_the_rest_read_as_stored() {
         let json = serde_json::to_vec(&row()).expect("json");
-        let packed = encode_row("row", &row()).expect("pack");
+        let packed = encode_packed("row", &row()).expect("pack");
         for bytes in [&json, &packed] {
             let all: Row = decode_skipping("view_rows", b"k", bytes, &[]).expect("whole");
             assert_eq!(all, row());

@@ -35,7 +35,7 @@ use rocksdb::WriteBatch;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{decode_row, encode_row, Db};
+use crate::db::{decode_packed, encode_packed, Db};
 use crate::keys::{show_key, CF_VIEW_ROWS};
 use crate::skip_fields::decode_skipping;
 use crate::{Error, Result};
@@ -156,7 +156,7 @@ fn put_rows<K: RowKey, V: Serialize>(
 ) -> Result<()> {
     for key in keys {
         if let Some(row) = rows.get(&key) {
-            batch.put_cf(cf, row_key(table, &key.bytes(), seq), encode_row("view row", row)?);
+            batch.put_cf(cf, row_key(table, &key.bytes(), seq), encode_packed("view row", row)?);
         }
     }
     Ok(())
@@ -183,14 +183,14 @@ pub(crate) fn put_checkpoint(db: &Db, batch: &mut WriteBatch, view: &ClusterView
         previous,
         changed_workloads: Some(changed.workloads.iter().cloned().collect()),
     };
-    batch.put_cf(&cf, row_key(META, &[], seq), encode_row("view checkpoint", &meta)?);
+    batch.put_cf(&cf, row_key(META, &[], seq), encode_packed("view checkpoint", &meta)?);
     put_rows(batch, &cf, MEMBERS, &view.members, changed.members, seq)?;
     put_rows(batch, &cf, NODES, &view.nodes, changed.nodes, seq)?;
     for key in changed.workloads {
         if let Some(row) = view.workloads.get(&key) {
             let (row, verdicts) = split_verdicts(row);
-            batch.put_cf(&cf, row_key(WORKLOADS, key.as_bytes(), seq), encode_row("view row", &row)?);
-            batch.put_cf(&cf, row_key(WORKLOAD_VERDICTS, key.as_bytes(), seq), encode_row("view row", &verdicts)?);
+            batch.put_cf(&cf, row_key(WORKLOADS, key.as_bytes(), seq), encode_packed("view row", &row)?);
+            batch.put_cf(&cf, row_key(WORKLOAD_VERDICTS, key.as_bytes(), seq), encode_packed("view row", &verdicts)?);
         }
     }
     put_rows(batch, &cf, PROPOSALS, &view.proposals, changed.proposals, seq)?;
@@ -342,7 +342,7 @@ pub(crate) fn load(
     let stored = db
         .get_raw(CF_VIEW_ROWS, &meta_key)?
         .ok_or_else(|| Error::Storage(format!("the view checkpoint at seq {at} is missing from {CF_VIEW_ROWS}")))?;
-    let meta: ViewMeta = decode_row(CF_VIEW_ROWS, &meta_key, &stored)?;
+    let meta: ViewMeta = decode_packed(CF_VIEW_ROWS, &meta_key, &stored)?;
     if meta.last_seq != at {
         return Err(Error::decode(
             format!("record {CF_VIEW_ROWS}/{}", show_key(&meta_key)),
@@ -459,7 +459,7 @@ impl Reader<'_> {
         self.status()?;
         match (self.it.key(), self.it.value()) {
             (Some(k), Some(v)) => match split(k) {
-                Some((t, rk, _)) if t == table && rk == key => Ok(Some(decode_row(CF_VIEW_ROWS, k, v)?)),
+                Some((t, rk, _)) if t == table && rk == key => Ok(Some(decode_packed(CF_VIEW_ROWS, k, v)?)),
                 Some(_) => Ok(None),
                 None => Err(Error::decode(format!("record {CF_VIEW_ROWS}/{}", show_key(k)), "not a view row key")),
             },
@@ -561,7 +561,7 @@ mod tests {
     use claw_projections::MemberRow;
 
     use super::*;
-    use crate::db::ROW_MSGPACK;
+    use crate::db::PACKED;
 
     fn workload(id: &str, seq: u64) -> WorkloadRow {
         WorkloadRow {
@@ -639,7 +639,7 @@ mod tests {
         db.write(batch, false).expect("write");
 
         let stored = db.get_raw(CF_VIEW_ROWS, &row_key(WORKLOADS, b"w-new", 20)).expect("read").expect("stored");
-        assert_eq!(stored[0], ROW_MSGPACK);
+        assert_eq!(stored[0], PACKED);
         let as_json = serde_json::to_vec(&split_verdicts(&new).0).expect("json");
         assert!(stored.len() < as_json.len(), "MessagePack {} bytes, JSON {}", stored.len(), as_json.len());
 
@@ -657,7 +657,7 @@ mod tests {
     /// panic or a row made up from the damage.
     #[test]
     fn damaged_messagepack_rows_are_errors_naming_the_record() {
-        let good = crate::db::encode_row("view row", &split_verdicts(&workload("w-1", 1)).0).expect("encode");
+        let good = crate::db::encode_packed("view row", &split_verdicts(&workload("w-1", 1)).0).expect("encode");
         let key = row_key(WORKLOADS, b"w-1", 7);
         let named = |e: Error| {
             let msg = e.to_string();
@@ -665,7 +665,7 @@ mod tests {
             assert!(msg.contains("MessagePack"), "{msg}");
         };
         for cut in 1..good.len() {
-            match decode_row::<WorkloadRow>(CF_VIEW_ROWS, &key, &good[..cut]) {
+            match decode_packed::<WorkloadRow>(CF_VIEW_ROWS, &key, &good[..cut]) {
                 Err(e) => named(e),
                 Ok(row) => panic!("a row cut at {cut} of {} bytes decoded: {row:?}", good.len()),
             }
@@ -680,7 +680,7 @@ mod tests {
                 let i = 1 + (x as usize) % (bytes.len() - 1);
                 bytes[i] = (x >> 32) as u8;
             }
-            if let Err(e) = decode_row::<WorkloadRow>(CF_VIEW_ROWS, &key, &bytes) {
+            if let Err(e) = decode_packed::<WorkloadRow>(CF_VIEW_ROWS, &key, &bytes) {
                 named(e);
             }
         }
