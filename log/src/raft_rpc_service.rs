@@ -5,13 +5,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::db::{pack_into, unpack};
+use crate::db::{pack_into, unpack, PACKED};
 use crate::{ClawRaft, TypeConfig};
 
 /// The member-to-member Raft RPC server: it decodes openraft's requests
 /// (MessagePack, or JSON from a member of an earlier version), hands them to
 /// the local raft, and encodes the answer (or the raft error, in
-/// `RaftPayload.error`) as MessagePack.
+/// `RaftPayload.error`) in the request's format, so a member of an earlier
+/// version, which reads only JSON, can still talk to this one during a
+/// rolling upgrade.
 #[derive(Clone)]
 pub struct RaftRpcService {
     raft: ClawRaft,
@@ -27,16 +29,30 @@ pub(crate) fn decode<T: DeserializeOwned>(payload: &RaftPayload, what: &str) -> 
     unpack(&payload.data).map_err(|e| Status::invalid_argument(format!("RaftPayload.data is not a valid {what}: {e}")))
 }
 
-fn pack<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, Status> {
-    let mut buf = Vec::with_capacity(128);
-    pack_into(&mut buf, value).map_err(|e| Status::internal(format!("cannot encode raft {what}: {e}")))?;
-    Ok(buf)
+/// Whether `request` came as MessagePack (else JSON, from an earlier version).
+fn packed(request: &RaftPayload) -> bool {
+    request.data.first() == Some(&PACKED)
 }
 
-fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<RaftPayload>, Status> {
+/// Encodes `value` as MessagePack, or as JSON when `packed` is false.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, packed: bool) -> Result<Vec<u8>, String> {
+    if packed {
+        let mut buf = Vec::with_capacity(128);
+        pack_into(&mut buf, value)?;
+        Ok(buf)
+    } else {
+        serde_json::to_vec(value).map_err(|e| e.to_string())
+    }
+}
+
+pub(crate) fn reply<T: Serialize, E: Serialize>(
+    result: Result<T, E>,
+    packed: bool,
+) -> Result<Response<RaftPayload>, Status> {
+    let failed = |what: &str, e: String| Status::internal(format!("cannot encode raft {what}: {e}"));
     let payload = match result {
-        Ok(v) => RaftPayload { data: pack("response", &v)?, error: Vec::new() },
-        Err(e) => RaftPayload { data: Vec::new(), error: pack("error", &e)? },
+        Ok(v) => RaftPayload { data: encode(&v, packed).map_err(|e| failed("response", e))?, error: Vec::new() },
+        Err(e) => RaftPayload { data: Vec::new(), error: encode(&e, packed).map_err(|e| failed("error", e))? },
     };
     Ok(Response::new(payload))
 }
@@ -45,16 +61,16 @@ fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<Ra
 impl Raft for RaftRpcService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref(), "AppendEntriesRequest")?;
-        reply(self.raft.append_entries(rpc).await)
+        reply(self.raft.append_entries(rpc).await, packed(request.get_ref()))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<u64> = decode(request.get_ref(), "VoteRequest")?;
-        reply(self.raft.vote(rpc).await)
+        reply(self.raft.vote(rpc).await, packed(request.get_ref()))
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(request.get_ref(), "InstallSnapshotRequest")?;
-        reply(self.raft.install_snapshot(rpc).await)
+        reply(self.raft.install_snapshot(rpc).await, packed(request.get_ref()))
     }
 }
