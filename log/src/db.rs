@@ -235,18 +235,22 @@ pub(crate) const PACKED: u8 = 0x01;
 /// per query, and every raft entry is encoded once per member and once per
 /// follower it is sent to.
 pub(crate) fn encode_packed<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<Vec<u8>> {
+    encode_as(value, true).map_err(|e| Error::Storage(format!("cannot encode {what}: {e}")))
+}
+
+/// Encodes `value` as [`encode_packed`] does, or as JSON when `packed` is
+/// false (for a member of an earlier version, which reads only JSON).
+pub(crate) fn encode_as<T: Serialize + ?Sized>(value: &T, packed: bool) -> std::result::Result<Vec<u8>, String> {
+    if !packed {
+        return serde_json::to_vec(value).map_err(|e| e.to_string());
+    }
     let mut buf = Vec::with_capacity(256);
-    pack_into(&mut buf, value).map_err(|e| Error::Storage(format!("cannot encode {what}: {e}")))?;
+    buf.push(PACKED);
+    rmp_serde::encode::write_named(&mut buf, value).map_err(|e| e.to_string())?;
     Ok(buf)
 }
 
-/// Appends [`PACKED`] and `value` as named MessagePack to `buf`.
-pub(crate) fn pack_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> std::result::Result<(), String> {
-    buf.push(PACKED);
-    rmp_serde::encode::write_named(buf, value).map_err(|e| e.to_string())
-}
-
-/// Decodes bytes written by [`pack_into`], or JSON written before it; the
+/// Decodes bytes written by [`encode_as`] in either format; the
 /// error says which format was read and why it failed.
 pub(crate) fn unpack<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
     match bytes.split_first() {

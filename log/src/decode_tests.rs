@@ -35,7 +35,7 @@ use tempfile::TempDir;
 
 use self::mutate::{corpus, corpus_dir, inputs, Input, Seed};
 use crate::checkpoint::{Checkpoint, CheckpointView};
-use crate::db::{decode_json, decode_packed, encode_packed, pack_into, unpack, Db};
+use crate::db::{decode_json, decode_packed, encode_as, encode_packed, unpack, Db};
 use crate::dedup_row::DedupRow;
 use crate::keys::{
     dedup_key, show_key, u64_key, RaftMetaKey, SmMetaKey, CF_DEDUP, CF_EVENTS, CF_RAFT_LOG, CF_RAFT_META, CF_ROLLUPS,
@@ -703,8 +703,7 @@ fn every_seed_is_valid() {
 fn packed_seeds_are_twins_of_the_json_seeds() {
     fn twin<T: DeserializeOwned + Serialize>(seed: &Seed, path: std::path::PathBuf) {
         let value: T = serde_json::from_slice(&seed.bytes).unwrap_or_else(|e| panic!("{}: {e}", seed.name));
-        let mut packed = Vec::new();
-        pack_into(&mut packed, &value).expect("pack");
+        let packed = encode_as(&value, true).expect("pack");
         if std::env::var_os("CLAW_WRITE_CORPUS").is_some() {
             std::fs::write(&path, &packed).expect("write seed");
         }

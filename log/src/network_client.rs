@@ -15,8 +15,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::db::unpack;
-use crate::raft_rpc_service::encode;
+use crate::db::{encode_as, unpack};
 use crate::TypeConfig;
 
 /// The largest gRPC message a member sends or accepts on the Raft RPC.
@@ -73,8 +72,8 @@ impl NetworkClient {
             Err(msg) => return Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(msg)))),
         };
         let payload = loop {
-            let data =
-                encode(req, !self.json_only).map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e))))?;
+            let data = encode_as(req, !self.json_only)
+                .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e))))?;
             let mut request = tonic::Request::new(RaftPayload { data, error: Vec::new() });
             request.set_timeout(option.hard_ttl());
             let result = match rpc {

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::db::{pack_into, unpack, PACKED};
+use crate::db::{encode_as, unpack, PACKED};
 use crate::{ClawRaft, TypeConfig};
 
 /// The member-to-member Raft RPC server: it decodes openraft's requests
@@ -34,25 +34,14 @@ fn packed(request: &RaftPayload) -> bool {
     request.data.first() == Some(&PACKED)
 }
 
-/// Encodes `value` as MessagePack, or as JSON when `packed` is false.
-pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, packed: bool) -> Result<Vec<u8>, String> {
-    if packed {
-        let mut buf = Vec::with_capacity(128);
-        pack_into(&mut buf, value)?;
-        Ok(buf)
-    } else {
-        serde_json::to_vec(value).map_err(|e| e.to_string())
-    }
-}
-
 pub(crate) fn reply<T: Serialize, E: Serialize>(
     result: Result<T, E>,
     packed: bool,
 ) -> Result<Response<RaftPayload>, Status> {
     let failed = |what: &str, e: String| Status::internal(format!("cannot encode raft {what}: {e}"));
     let payload = match result {
-        Ok(v) => RaftPayload { data: encode(&v, packed).map_err(|e| failed("response", e))?, error: Vec::new() },
-        Err(e) => RaftPayload { data: Vec::new(), error: encode(&e, packed).map_err(|e| failed("error", e))? },
+        Ok(v) => RaftPayload { data: encode_as(&v, packed).map_err(|e| failed("response", e))?, error: Vec::new() },
+        Err(e) => RaftPayload { data: Vec::new(), error: encode_as(&e, packed).map_err(|e| failed("error", e))? },
     };
     Ok(Response::new(payload))
 }
