@@ -3,6 +3,8 @@ use std::time::Duration;
 
 use claw_proto::raft::raft_client::RaftClient;
 use claw_proto::raft::RaftPayload;
+use futures::channel::mpsc;
+use futures::SinkExt;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
@@ -13,7 +15,7 @@ use openraft::{AnyError, BasicNode, RaftNetwork};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Code;
+use tonic::{Code, Status, Streaming};
 
 use crate::db::{encode_as, unpack};
 use crate::TypeConfig;
@@ -35,6 +37,10 @@ enum Rpc {
 /// own types as MessagePack in a `RaftPayload` (responses from a member of an
 /// earlier version, JSON, read too); a transport failure is reported as
 /// `Unreachable` so that openraft backs off before retrying.
+///
+/// AppendEntries go over one long-lived `AppendEntriesStream` (openraft
+/// sends them one at a time per client, so each answer is the next message
+/// on the stream); votes and snapshot chunks go as single calls.
 pub(crate) struct NetworkClient {
     target: u64,
     node: BasicNode,
@@ -42,6 +48,29 @@ pub(crate) struct NetworkClient {
     /// The member reads only JSON (an earlier version): learnt from its
     /// rejection of a MessagePack request, kept for this client's life.
     json_only: bool,
+    /// The open AppendEntries stream; dropped (and opened again by the next
+    /// request) on any failure or timeout, so an answer is never matched to
+    /// the wrong request.
+    stream: Option<AppendStream>,
+    /// The member has no `AppendEntriesStream` (an earlier version): learnt
+    /// from its UNIMPLEMENTED, kept for this client's life.
+    unary_only: bool,
+}
+
+struct AppendStream {
+    requests: mpsc::Sender<RaftPayload>,
+    answers: Streaming<RaftPayload>,
+}
+
+impl AppendStream {
+    /// Sends one request and reads the next answer. The stream comes back
+    /// only with an answer; on an error it is dropped, which resets it.
+    async fn exchange(mut self, request: RaftPayload) -> Result<(RaftPayload, AppendStream), Status> {
+        let closed = || Status::unavailable("the member closed the AppendEntries stream");
+        self.requests.send(request).await.map_err(|_| closed())?;
+        let answer = self.answers.message().await?.ok_or_else(closed)?;
+        Ok((answer, self))
+    }
 }
 
 /// How a member of an earlier version, which reads only JSON, rejects a
@@ -58,7 +87,66 @@ impl NetworkClient {
                     .max_encoding_message_size(MAX_RAFT_MESSAGE)
             })
             .map_err(|e| format!("member {target} has an invalid address {:?}: {e}", node.addr));
-        NetworkClient { target, node, client, json_only: false }
+        NetworkClient { target, node, client, json_only: false, stream: None, unary_only: false }
+    }
+
+    /// Sends one request and waits for its answer, within `ttl`.
+    async fn send(
+        &mut self,
+        client: &mut RaftClient<Channel>,
+        rpc: Rpc,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<RaftPayload, Status> {
+        let payload = RaftPayload { data, error: Vec::new() };
+        if matches!(rpc, Rpc::AppendEntries) && !self.unary_only {
+            let started = tokio::time::Instant::now();
+            if self.stream.is_none() {
+                self.stream = self.open_stream(client, ttl).await?;
+            }
+            if let Some(stream) = self.stream.take() {
+                let ttl = ttl.saturating_sub(started.elapsed());
+                let (answer, stream) = tokio::time::timeout(ttl, stream.exchange(payload))
+                    .await
+                    .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no answer within {ttl:?}"))))?;
+                self.stream = Some(stream);
+                return Ok(answer);
+            }
+        }
+        let mut request = tonic::Request::new(payload);
+        request.set_timeout(ttl);
+        let result = match rpc {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        result.map(tonic::Response::into_inner)
+    }
+
+    /// Opens an AppendEntries stream, or learns that the member has none.
+    async fn open_stream(
+        &mut self,
+        client: &mut RaftClient<Channel>,
+        ttl: Duration,
+    ) -> Result<Option<AppendStream>, Status> {
+        let (requests, outgoing) = mpsc::channel(1);
+        // No deadline on the stream itself: it outlives any one request.
+        let opened = tokio::time::timeout(ttl, client.append_entries_stream(outgoing))
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("the stream did not open within {ttl:?}"))));
+        match opened {
+            Ok(answers) => Ok(Some(AppendStream { requests, answers: answers.into_inner() })),
+            Err(status) if status.code() == Code::Unimplemented => {
+                tracing::info!(
+                    member = self.target,
+                    addr = %self.node.addr,
+                    "member has no AppendEntries stream (an earlier version); sending it single AppendEntries calls"
+                );
+                self.unary_only = true;
+                Ok(None)
+            }
+            Err(status) => Err(status),
+        }
     }
 
     async fn call<Req, Resp, E>(&mut self, rpc: Rpc, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
@@ -74,15 +162,8 @@ impl NetworkClient {
         let payload = loop {
             let data = encode_as(req, !self.json_only)
                 .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e))))?;
-            let mut request = tonic::Request::new(RaftPayload { data, error: Vec::new() });
-            request.set_timeout(option.hard_ttl());
-            let result = match rpc {
-                Rpc::AppendEntries => client.append_entries(request).await,
-                Rpc::Vote => client.vote(request).await,
-                Rpc::InstallSnapshot => client.install_snapshot(request).await,
-            };
-            match result {
-                Ok(resp) => break resp.into_inner(),
+            match self.send(&mut client, rpc, data, option.hard_ttl()).await {
+                Ok(payload) => break payload,
                 Err(status)
                     if !self.json_only
                         && status.code() == Code::InvalidArgument
@@ -148,6 +229,7 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     use claw_proto::raft::raft_server::{Raft, RaftServer};
@@ -158,7 +240,7 @@ mod tests {
 
     use super::*;
     use crate::db::PACKED;
-    use crate::raft_rpc_service::reply;
+    use crate::raft_rpc_service::{answer, AppendEntriesReplies};
 
     /// A member of an earlier version: it reads and answers only JSON, and
     /// rejects anything else the way that version did. Keeps each request.
@@ -173,6 +255,15 @@ mod tests {
             Err(Status::unimplemented("not used here"))
         }
 
+        type AppendEntriesStreamStream = AppendEntriesReplies;
+
+        async fn append_entries_stream(
+            &self,
+            _: Request<Streaming<RaftPayload>>,
+        ) -> Result<Response<AppendEntriesReplies>, Status> {
+            Err(Status::unimplemented("not in that version"))
+        }
+
         async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
             let data = request.into_inner().data;
             self.seen.lock().expect("lock").push(data.clone());
@@ -185,6 +276,144 @@ mod tests {
         async fn install_snapshot(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
             Err(Status::unimplemented("not used here"))
         }
+    }
+
+    /// A current member (with `has_stream`) or one of the version before
+    /// the AppendEntries stream. It answers each AppendEntries with the
+    /// request's own `prev_log_id`, so an answer names its request, and ends
+    /// each stream after `answers_per_stream` answers.
+    #[derive(Clone)]
+    struct CountingMember {
+        has_stream: bool,
+        answers_per_stream: usize,
+        streams: Arc<AtomicUsize>,
+        single_calls: Arc<AtomicUsize>,
+    }
+
+    impl CountingMember {
+        fn new(has_stream: bool, answers_per_stream: usize) -> Self {
+            CountingMember { has_stream, answers_per_stream, streams: Arc::default(), single_calls: Arc::default() }
+        }
+
+        fn answer(request: &RaftPayload) -> Result<RaftPayload, Status> {
+            let rpc: AppendEntriesRequest<TypeConfig> = unpack(&request.data).map_err(Status::invalid_argument)?;
+            answer::<_, ()>(Ok(AppendEntriesResponse::<u64>::PartialSuccess(rpc.prev_log_id)), true)
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Raft for CountingMember {
+        async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            self.single_calls.fetch_add(1, Ordering::SeqCst);
+            Self::answer(request.get_ref()).map(Response::new)
+        }
+
+        type AppendEntriesStreamStream = AppendEntriesReplies;
+
+        async fn append_entries_stream(
+            &self,
+            request: Request<Streaming<RaftPayload>>,
+        ) -> Result<Response<AppendEntriesReplies>, Status> {
+            if !self.has_stream {
+                return Err(Status::unimplemented("unknown method AppendEntriesStream"));
+            }
+            self.streams.fetch_add(1, Ordering::SeqCst);
+            let state = (request.into_inner(), self.answers_per_stream);
+            let answers = futures::stream::unfold(state, |(mut requests, left)| async move {
+                if left == 0 {
+                    return None;
+                }
+                let request = requests.message().await.ok()??;
+                Some((Self::answer(&request), (requests, left - 1)))
+            });
+            Ok(Response::new(Box::pin(answers)))
+        }
+
+        async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("not used here"))
+        }
+
+        async fn install_snapshot(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("not used here"))
+        }
+    }
+
+    async fn serve(member: impl Raft) -> (NetworkClient, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = Server::builder()
+                .add_service(RaftServer::new(member))
+                .serve_with_incoming(TcpIncoming::from(listener))
+                .await;
+        });
+        (NetworkClient::new(2, BasicNode::new(addr.to_string())), server)
+    }
+
+    fn log_id(index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(3, 1), index)
+    }
+
+    async fn append(client: &mut NetworkClient, index: u64) -> RpcResult<AppendEntriesResponse<u64>> {
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id(index)),
+            entries: Vec::new(),
+            leader_commit: Some(log_id(index)),
+        };
+        client.append_entries(rpc, RPCOption::new(Duration::from_secs(5))).await
+    }
+
+    /// Replication to a current member: every AppendEntries goes over one
+    /// stream and each gets its own answer, in order.
+    #[tokio::test]
+    async fn append_entries_share_one_stream_and_each_gets_its_own_answer() {
+        let member = CountingMember::new(true, usize::MAX);
+        let (streams, single_calls) = (member.streams.clone(), member.single_calls.clone());
+        let (mut client, server) = serve(member).await;
+        for index in 1..=50 {
+            let resp = append(&mut client, index).await.expect("answered");
+            assert_eq!(resp, AppendEntriesResponse::PartialSuccess(Some(log_id(index))));
+        }
+        assert_eq!(streams.load(Ordering::SeqCst), 1, "one stream for all fifty");
+        assert_eq!(single_calls.load(Ordering::SeqCst), 0);
+        server.abort();
+    }
+
+    /// A stream the member ends (a restart, a proxy's idle timeout) fails
+    /// the request in flight as unreachable, so openraft retries it, and
+    /// the next request opens a new stream.
+    #[tokio::test]
+    async fn a_closed_stream_fails_one_request_and_the_next_opens_another() {
+        let member = CountingMember::new(true, 2);
+        let streams = member.streams.clone();
+        let (mut client, server) = serve(member).await;
+        assert!(append(&mut client, 1).await.is_ok());
+        assert!(append(&mut client, 2).await.is_ok());
+        match append(&mut client, 3).await {
+            Err(RPCError::Unreachable(e)) => assert!(e.to_string().contains("member 2 at "), "{e}"),
+            other => panic!("expected unreachable, got {other:?}"),
+        }
+        let resp = append(&mut client, 3).await.expect("answered on a new stream");
+        assert_eq!(resp, AppendEntriesResponse::PartialSuccess(Some(log_id(3))));
+        assert_eq!(streams.load(Ordering::SeqCst), 2);
+        server.abort();
+    }
+
+    /// During a rolling upgrade a member of the version before the stream
+    /// answers UNIMPLEMENTED once; from then on it gets single calls.
+    #[tokio::test]
+    async fn a_member_without_the_stream_gets_single_calls() {
+        let member = CountingMember::new(false, usize::MAX);
+        let single_calls = member.single_calls.clone();
+        let (mut client, server) = serve(member).await;
+        for index in 1..=3 {
+            let resp = append(&mut client, index).await.expect("answered");
+            assert_eq!(resp, AppendEntriesResponse::PartialSuccess(Some(log_id(index))));
+        }
+        assert_eq!(single_calls.load(Ordering::SeqCst), 3);
+        assert!(client.unary_only);
+        server.abort();
     }
 
     fn vote_request() -> VoteRequest<u64> {
@@ -226,13 +455,13 @@ mod tests {
     #[test]
     fn replies_follow_the_request_format() {
         let resp = VoteResponse { vote: Vote::new(3, 1), vote_granted: false, last_log_id: None };
-        let json = reply::<_, ()>(Ok(resp.clone()), false).expect("reply").into_inner();
+        let json = answer::<_, ()>(Ok(resp.clone()), false).expect("reply");
         let back: VoteResponse<u64> = serde_json::from_slice(&json.data).expect("plain JSON");
         assert_eq!(back, resp);
-        let packed = reply::<_, ()>(Ok(resp.clone()), true).expect("reply").into_inner();
+        let packed = answer::<_, ()>(Ok(resp.clone()), true).expect("reply");
         assert_eq!(packed.data.first(), Some(&PACKED));
         assert_eq!(unpack::<VoteResponse<u64>>(&packed.data).expect("MessagePack"), resp);
-        let err = reply::<VoteResponse<u64>, _>(Err(LeaderId::new(1, 2)), false).expect("reply").into_inner();
+        let err = answer::<VoteResponse<u64>, _>(Err(LeaderId::new(1, 2)), false).expect("reply");
         assert!(err.data.is_empty());
         assert_eq!(serde_json::from_slice::<LeaderId<u64>>(&err.error).expect("JSON error"), LeaderId::new(1, 2));
     }

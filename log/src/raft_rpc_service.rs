@@ -1,9 +1,12 @@
+use std::pin::Pin;
+
 use claw_proto::raft::raft_server::Raft;
 use claw_proto::raft::RaftPayload;
+use futures::Stream;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::db::{encode_as, unpack, PACKED};
 use crate::{ClawRaft, TypeConfig};
@@ -34,32 +37,65 @@ fn packed(request: &RaftPayload) -> bool {
     request.data.first() == Some(&PACKED)
 }
 
-pub(crate) fn reply<T: Serialize, E: Serialize>(
-    result: Result<T, E>,
-    packed: bool,
-) -> Result<Response<RaftPayload>, Status> {
+/// The answer to a request: raft's response in `data`, or its error in
+/// `error`, in the request's format.
+pub(crate) fn answer<T: Serialize, E: Serialize>(result: Result<T, E>, packed: bool) -> Result<RaftPayload, Status> {
     let failed = |what: &str, e: String| Status::internal(format!("cannot encode raft {what}: {e}"));
-    let payload = match result {
+    Ok(match result {
         Ok(v) => RaftPayload { data: encode_as(&v, packed).map_err(|e| failed("response", e))?, error: Vec::new() },
         Err(e) => RaftPayload { data: Vec::new(), error: encode_as(&e, packed).map_err(|e| failed("error", e))? },
-    };
-    Ok(Response::new(payload))
+    })
 }
+
+/// One AppendEntries, whether it came alone or on a stream.
+async fn append(raft: &ClawRaft, request: &RaftPayload) -> Result<RaftPayload, Status> {
+    let rpc: AppendEntriesRequest<TypeConfig> = decode(request, "AppendEntriesRequest")?;
+    answer(raft.append_entries(rpc).await, packed(request))
+}
+
+/// The answers on an AppendEntries stream.
+pub type AppendEntriesReplies = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Raft for RaftRpcService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref(), "AppendEntriesRequest")?;
-        reply(self.raft.append_entries(rpc).await, packed(request.get_ref()))
+        append(&self.raft, request.get_ref()).await.map(Response::new)
+    }
+
+    type AppendEntriesStreamStream = AppendEntriesReplies;
+
+    /// Answers each request on the stream in turn, in the order they came.
+    /// The answers are produced as hyper asks for the next one, so a request
+    /// costs no task of its own. A request that cannot be decoded ends the
+    /// stream with that error (the sender opens a new stream for its next
+    /// request); a raft error is an answer like any other.
+    async fn append_entries_stream(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendEntriesReplies>, Status> {
+        let state = Some((request.into_inner(), self.raft.clone()));
+        let replies = futures::stream::unfold(state, |state| async move {
+            let (mut requests, raft) = state?;
+            match requests.message().await {
+                Ok(Some(request)) => {
+                    let answer = append(&raft, &request).await;
+                    let next = answer.is_ok().then_some((requests, raft));
+                    Some((answer, next))
+                }
+                Ok(None) => None,
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<u64> = decode(request.get_ref(), "VoteRequest")?;
-        reply(self.raft.vote(rpc).await, packed(request.get_ref()))
+        answer(self.raft.vote(rpc).await, packed(request.get_ref())).map(Response::new)
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(request.get_ref(), "InstallSnapshotRequest")?;
-        reply(self.raft.install_snapshot(rpc).await, packed(request.get_ref()))
+        answer(self.raft.install_snapshot(rpc).await, packed(request.get_ref())).map(Response::new)
     }
 }
