@@ -16,6 +16,7 @@ const DEADLINE: Duration = Duration::from_secs(8);
 
 struct Member {
     node: LogNode,
+    addr: std::net::SocketAddr,
     _dir: TempDir,
     server: tokio::task::JoinHandle<()>,
 }
@@ -41,7 +42,7 @@ async fn start_member(id: u64) -> anyhow::Result<Member> {
             eprintln!("member {id} server stopped: {e}");
         }
     });
-    Ok(Member { node, _dir: dir, server })
+    Ok(Member { node, addr, _dir: dir, server })
 }
 
 /// Polls `check` until it holds or the deadline passes.
@@ -269,6 +270,47 @@ async fn the_raft_service_rejects_bad_bytes() -> anyhow::Result<()> {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("AppendEntriesRequest"), "{}", status.message());
     node.shutdown().await?;
+    Ok(())
+}
+
+/// The AppendEntries stream answers each request in turn, in the request's
+/// format, and ends with an error naming the request at bytes that are none.
+#[tokio::test]
+async fn the_append_entries_stream_answers_in_order_and_refuses_bad_bytes() -> anyhow::Result<()> {
+    use claw_log::TypeConfig;
+    use claw_proto::raft::raft_client::RaftClient;
+    use claw_proto::raft::RaftPayload;
+    use futures::SinkExt;
+    use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+    use openraft::Vote;
+
+    let member = start_member(1).await?;
+    let mut client = RaftClient::connect(format!("http://{}", member.addr)).await?;
+
+    let (mut requests, outgoing) = futures::channel::mpsc::channel(4);
+    let mut answers = client.append_entries_stream(outgoing).await?.into_inner();
+    for (term, expected) in
+        [(2, AppendEntriesResponse::Success), (1, AppendEntriesResponse::HigherVote(Vote::new_committed(2, 2)))]
+    {
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(term, 2),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        requests.send(RaftPayload { data: serde_json::to_vec(&rpc)?, error: Vec::new() }).await?;
+        let answer = answers.message().await?.context("an answer per request")?;
+        assert!(answer.error.is_empty(), "{answer:?}");
+        let resp: AppendEntriesResponse<u64> = serde_json::from_slice(&answer.data).context("a JSON answer")?;
+        assert_eq!(resp, expected, "the answer to the request of term {term}");
+    }
+
+    requests.send(RaftPayload { data: b"not a request".to_vec(), error: Vec::new() }).await?;
+    let status = answers.message().await.expect_err("garbage ends the stream");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("AppendEntriesRequest"), "{}", status.message());
+    member.server.abort();
+    member.node.shutdown().await?;
     Ok(())
 }
 
