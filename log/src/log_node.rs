@@ -130,7 +130,8 @@ impl LogNode {
 
     /// The member-to-member Raft RPC server, to mount on this member's gRPC port.
     pub fn raft_service(&self) -> RaftServer<RaftRpcService> {
-        RaftServer::new(RaftRpcService::new(self.raft.clone()))
+        let seconds = self.store.shared.counters.metrics.append_entries_seconds.clone();
+        RaftServer::new(RaftRpcService::new(self.raft.clone()).with_append_histogram(seconds))
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE)
     }

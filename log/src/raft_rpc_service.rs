@@ -1,9 +1,11 @@
 use std::pin::Pin;
+use std::time::Instant;
 
 use claw_proto::raft::raft_server::Raft;
 use claw_proto::raft::RaftPayload;
 use futures::Stream;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use prometheus_client::metrics::histogram::Histogram;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
@@ -20,11 +22,19 @@ use crate::{ClawRaft, TypeConfig};
 #[derive(Clone)]
 pub struct RaftRpcService {
     raft: ClawRaft,
+    /// Where each AppendEntries' handling time goes, if anywhere.
+    append_seconds: Option<Histogram>,
 }
 
 impl RaftRpcService {
     pub fn new(raft: ClawRaft) -> Self {
-        RaftRpcService { raft }
+        RaftRpcService { raft, append_seconds: None }
+    }
+
+    /// Observes each AppendEntries' handling time in `histogram`.
+    pub(crate) fn with_append_histogram(mut self, histogram: Histogram) -> Self {
+        self.append_seconds = Some(histogram);
+        self
     }
 }
 
@@ -48,9 +58,14 @@ pub(crate) fn answer<T: Serialize, E: Serialize>(result: Result<T, E>, packed: b
 }
 
 /// One AppendEntries, whether it came alone or on a stream.
-async fn append(raft: &ClawRaft, request: &RaftPayload) -> Result<RaftPayload, Status> {
+async fn append(raft: &ClawRaft, request: &RaftPayload, seconds: Option<&Histogram>) -> Result<RaftPayload, Status> {
+    let started = Instant::now();
     let rpc: AppendEntriesRequest<TypeConfig> = decode(request, "AppendEntriesRequest")?;
-    answer(raft.append_entries(rpc).await, packed(request))
+    let answer = answer(raft.append_entries(rpc).await, packed(request));
+    if let Some(seconds) = seconds {
+        seconds.observe(started.elapsed().as_secs_f64());
+    }
+    answer
 }
 
 /// The answers on an AppendEntries stream.
@@ -59,7 +74,7 @@ pub type AppendEntriesReplies = Pin<Box<dyn Stream<Item = Result<RaftPayload, St
 #[tonic::async_trait]
 impl Raft for RaftRpcService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        append(&self.raft, request.get_ref()).await.map(Response::new)
+        append(&self.raft, request.get_ref(), self.append_seconds.as_ref()).await.map(Response::new)
     }
 
     type AppendEntriesStreamStream = AppendEntriesReplies;
@@ -73,13 +88,13 @@ impl Raft for RaftRpcService {
         &self,
         request: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<AppendEntriesReplies>, Status> {
-        let state = Some((request.into_inner(), self.raft.clone()));
+        let state = Some((request.into_inner(), self.raft.clone(), self.append_seconds.clone()));
         let replies = futures::stream::unfold(state, |state| async move {
-            let (mut requests, raft) = state?;
+            let (mut requests, raft, seconds) = state?;
             match requests.message().await {
                 Ok(Some(request)) => {
-                    let answer = append(&raft, &request).await;
-                    let next = answer.is_ok().then_some((requests, raft));
+                    let answer = append(&raft, &request, seconds.as_ref()).await;
+                    let next = answer.is_ok().then_some((requests, raft, seconds));
                     Some((answer, next))
                 }
                 Ok(None) => None,

@@ -21,6 +21,7 @@ pub struct LogMetrics {
     pub(crate) apply_seconds: Histogram,
     pub(crate) fsync_seconds: Histogram,
     pub(crate) entries_per_fsync: Histogram,
+    pub(crate) append_entries_seconds: Histogram,
     pub(crate) committed_index: AtomicU64,
     watchers: Mutex<Watchers>,
 }
@@ -57,6 +58,7 @@ impl Default for LogMetrics {
             apply_seconds: latency_histogram(),
             fsync_seconds: latency_histogram(),
             entries_per_fsync: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            append_entries_seconds: latency_histogram(),
             committed_index: AtomicU64::new(0),
             watchers: Mutex::default(),
         }
@@ -88,6 +90,13 @@ impl LogMetrics {
             "claw_entries_per_fsync",
             "Raft log entries made durable by each synced write (group commit)",
             self.entries_per_fsync.clone(),
+        );
+        registry.register_with_unit(
+            "claw_raft_append_entries",
+            "Time this member takes to handle one AppendEntries from its leader (decode, append to its log, \
+             answer), whether it came as a single call or on the AppendEntries stream",
+            Unit::Seconds,
+            self.append_entries_seconds.clone(),
         );
     }
 

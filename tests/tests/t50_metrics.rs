@@ -138,6 +138,10 @@ async fn every_member_serves_prometheus_metrics_that_parse() -> Result<()> {
             // transport's buffers), so the lag is at most the whole history.
             let lag = get(&s, "claw_watch_lag_events_max")?;
             ensure!(lag <= last_seq as f64, "watch lag {lag} of {last_seq} events");
+        } else {
+            // A follower times each AppendEntries its leader sends, single or streamed.
+            let appends = get(&s, "claw_raft_append_entries_seconds_count")?;
+            ensure!(appends >= 1.0, "member {}: no AppendEntries measured", m.id);
         }
     }
     ensure!(leaders == 1.0, "exactly one member reports itself leader, got {leaders}");
