@@ -52,6 +52,9 @@ pub struct Telemetry {
     watch_subscribers: Gauge,
     watch_lag_max: Gauge,
     watch_lag_sum: Gauge,
+    rocksdb_memtable_bytes: Gauge,
+    rocksdb_table_reader_bytes: Gauge,
+    rocksdb_block_cache_bytes: Gauge,
 }
 
 impl Telemetry {
@@ -99,6 +102,18 @@ impl Telemetry {
         );
         let watch_lag_sum =
             gauge(&mut registry, "claw_watch_lag_events_sum", "Events not yet handled, summed over Watch streams");
+        let rocksdb_memtable_bytes = gauge(
+            &mut registry,
+            "claw_rocksdb_memtable_bytes",
+            "Bytes in RocksDB memtables (writes not yet flushed to table files), all column families",
+        );
+        let rocksdb_table_reader_bytes = gauge(
+            &mut registry,
+            "claw_rocksdb_table_reader_bytes",
+            "Bytes of open RocksDB table files' index and filter blocks held outside the block cache",
+        );
+        let rocksdb_block_cache_bytes =
+            gauge(&mut registry, "claw_rocksdb_block_cache_bytes", "Bytes of blocks in RocksDB's block caches");
         Arc::new(Telemetry {
             registry,
             node,
@@ -113,6 +128,9 @@ impl Telemetry {
             watch_subscribers,
             watch_lag_max,
             watch_lag_sum,
+            rocksdb_memtable_bytes,
+            rocksdb_table_reader_bytes,
+            rocksdb_block_cache_bytes,
         })
     }
 
@@ -134,6 +152,10 @@ impl Telemetry {
         self.watch_subscribers.set(as_i64(lags.len() as u64));
         self.watch_lag_max.set(as_i64(lags.iter().copied().max().unwrap_or(0)));
         self.watch_lag_sum.set(as_i64(lags.iter().sum()));
+        let memory = self.node.store.storage_memory();
+        self.rocksdb_memtable_bytes.set(as_i64(memory.memtable_bytes));
+        self.rocksdb_table_reader_bytes.set(as_i64(memory.table_reader_bytes));
+        self.rocksdb_block_cache_bytes.set(as_i64(memory.block_cache_bytes));
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);

@@ -676,6 +676,11 @@ impl EventStore {
         self.shared.counters.snapshot()
     }
 
+    /// RocksDB's memory for this member's database, read now.
+    pub fn storage_memory(&self) -> crate::StorageMemory {
+        self.shared.db.memory()
+    }
+
     /// The log's measurements, for the member's metrics endpoint.
     pub fn metrics(&self) -> &LogMetrics {
         &self.shared.counters.metrics

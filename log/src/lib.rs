@@ -44,6 +44,7 @@ mod view_rows;
 mod decode_tests;
 
 pub use claw_projections::ViewTables;
+pub use db::StorageMemory;
 pub use error::{Error, Result};
 pub use event_filter::EventFilter;
 pub use event_store::{EventHead, EventKind, EventStore, EventsPage, WorkloadOverlay};

@@ -129,6 +129,11 @@ async fn every_member_serves_prometheus_metrics_that_parse() -> Result<()> {
         ensure!(get(&s, "claw_entries_per_fsync_sum")? >= get(&s, "claw_entries_per_fsync_count")?);
         ensure!(get(&s, "claw_apply_seconds_count")? >= 1.0, "member {}: no apply measured", m.id);
         ensure!(get(&s, "claw_raft_leader_changes_total")? >= 1.0, "member {}: never saw a leader", m.id);
+        // The events just written are still in RocksDB's memtables.
+        let memtables = get(&s, "claw_rocksdb_memtable_bytes")?;
+        ensure!(memtables > 0.0, "member {}: memtables hold {memtables} bytes after 20 writes", m.id);
+        get(&s, "claw_rocksdb_table_reader_bytes")?;
+        get(&s, "claw_rocksdb_block_cache_bytes")?;
         if m.id == leader {
             ensure!(get(&s, "claw_proposal_commit_seconds_count")? >= 20.0, "the leader committed 20 proposals");
             let submits = get(&s, r#"claw_grpc_request_seconds_count{code="0",method="/claw.v1.Claw/Submit"}"#)?;
