@@ -1,4 +1,5 @@
 use std::error::Error as StdError;
+use std::future::Future;
 use std::time::Duration;
 
 use claw_proto::raft::raft_client::RaftClient;
@@ -73,6 +74,13 @@ impl AppendStream {
     }
 }
 
+/// `work`'s result, or DEADLINE_EXCEEDED saying `what` within `ttl`.
+async fn within<T>(ttl: Duration, what: &str, work: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    tokio::time::timeout(ttl, work)
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("{what} within {ttl:?}"))))
+}
+
 /// How a member of an earlier version, which reads only JSON, rejects a
 /// request it cannot decode (its `RaftRpcService` error text).
 const JSON_ONLY_REJECTION: &str = "RaftPayload.data is not a JSON ";
@@ -106,9 +114,7 @@ impl NetworkClient {
             }
             if let Some(stream) = self.stream.take() {
                 let ttl = ttl.saturating_sub(started.elapsed());
-                let (answer, stream) = tokio::time::timeout(ttl, stream.exchange(payload))
-                    .await
-                    .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no answer within {ttl:?}"))))?;
+                let (answer, stream) = within(ttl, "no answer", stream.exchange(payload)).await?;
                 self.stream = Some(stream);
                 return Ok(answer);
             }
@@ -131,10 +137,7 @@ impl NetworkClient {
     ) -> Result<Option<AppendStream>, Status> {
         let (requests, outgoing) = mpsc::channel(1);
         // No deadline on the stream itself: it outlives any one request.
-        let opened = tokio::time::timeout(ttl, client.append_entries_stream(outgoing))
-            .await
-            .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("the stream did not open within {ttl:?}"))));
-        match opened {
+        match within(ttl, "the stream did not open", client.append_entries_stream(outgoing)).await {
             Ok(answers) => Ok(Some(AppendStream { requests, answers: answers.into_inner() })),
             Err(status) if status.code() == Code::Unimplemented => {
                 tracing::info!(
